@@ -1,0 +1,76 @@
+"""Shared benchmark helpers: interleaved timing, results with the machine, chart paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from minigpt.info import machine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CHARTS = ROOT / "docs" / "assets" / "charts"
+
+
+def calls_for(fn: Callable[[], object], min_seconds: float) -> int:
+    """How many calls of fn take at least min_seconds (at least one)."""
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    return max(1, int(min_seconds / max(once, 1e-9)))
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], rounds: int = 7, min_seconds: float = 0.05
+) -> dict[str, float]:
+    """Median seconds per call of each fn, timed in interleaved rounds.
+
+    The machine is shared and noisy, so the variants take turns: round r times
+    a, b, c, ... in order, and a disturbance hits them all alike.
+    """
+    counts = {name: calls_for(fn, min_seconds) for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = counts[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def save_results(topic: str, results: dict, command: str = "make bench") -> Path:
+    """Write results as benchmarks/results/<topic>.json, with the machine and date."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{topic}.json"
+    record = {
+        "topic": topic,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_info(),
+        "results": results,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_results(topic: str) -> dict:
+    """Read benchmarks/results/<topic>.json as written by save_results."""
+    return json.loads((RESULTS / f"{topic}.json").read_text(encoding="utf-8"))
+
+
+def chart_path(name: str) -> Path:
+    """docs/assets/charts/<name>.svg, the folder made if needed."""
+    CHARTS.mkdir(parents=True, exist_ok=True)
+    return CHARTS / f"{name}.svg"
+
+
+def machine_caption(machine: dict) -> str:
+    """One line naming the machine, for chart footers."""
+    return (f"{machine['cpu']}, {machine['cores']} cores, NumPy {machine['numpy']}, "
+            f"{machine['blas']}")

@@ -1,0 +1,40 @@
+"""Access to the independent references (PyTorch, transformers, tiktoken, safetensors).
+
+On a reader's laptop without them, the reference tests skip with a clear reason.
+In CI (`MINIGPT_REQUIRE_REFERENCE=1`, set by .ci/run) a missing reference is a
+failure, so a comparison can never silently stop running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+
+REQUIRED = os.environ.get("MINIGPT_REQUIRE_REFERENCE") == "1"
+
+
+def require(module: str) -> ModuleType:
+    """Import a reference library, or skip (fail, in CI) saying which one is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = (
+            f"reference library {module!r} is not installed "
+            f"(install with: pip install -c constraints.txt -e '.[ref]'): {exc}"
+        )
+        if REQUIRED:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def require_file(path: str | os.PathLike, how: str) -> str:
+    """A reference data file (never committed), or skip (fail, in CI) naming it."""
+    if os.path.isfile(path):
+        return os.fspath(path)
+    message = f"reference file {os.fspath(path)!r} is missing ({how})"
+    if REQUIRED:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

@@ -1,0 +1,257 @@
+"""The page harness itself: each test builds a tiny book and runs pytest on it.
+
+These are the promises the book relies on: an include is expanded as the site
+build expands it, blocks share one namespace per page, a wrong printed output or a
+misspelled section fails, and nothing that looks like Python is silently skipped.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+MKDOCS_YML = """\
+site_name: t
+markdown_extensions:
+  - pymdownx.snippets:
+      base_path: ["."]
+      check_paths: true
+      dedent_subsections: true
+  - pymdownx.superfences:
+      custom_fences:
+        - name: mermaid
+          class: mermaid
+          format: !!python/name:pymdownx.superfences.fence_code_format
+"""
+
+MODULE = '''\
+import math
+
+
+# --8<-- [start:area]
+def area(r: float) -> float:
+    """Area of a circle of radius r."""
+    return math.pi * r * r
+# --8<-- [end:area]
+
+
+class Shape:
+    # --8<-- [start:indented]
+    def double(self, x):
+        return 2 * x
+    # --8<-- [end:indented]
+'''
+
+
+@pytest.fixture
+def book(pytester):
+    """A book with mkdocs.yml and one module with snippet sections."""
+    pytester.makefile(".yml", mkdocs=MKDOCS_YML)
+    pytester.mkpydir("pkg")
+    (pytester.path / "pkg" / "geometry.py").write_text(MODULE)
+    (pytester.path / "docs").mkdir()
+    return pytester
+
+
+def page(book, text: str) -> None:
+    (book.path / "docs" / "page.md").write_text(textwrap.dedent(text))
+
+
+def run(book, *args):
+    return book.runpytest_inprocess("-p", "tools.pages_plugin", "-p", "no:codeblocks",
+                                    "-p", "no:cacheprovider", "docs", *args)
+
+
+def test_include_is_expanded_and_output_checked(book):
+    page(book, '''\
+        # Page
+
+        ```python title="the include"
+        import math
+        --8<-- "pkg/geometry.py:area"
+        ```
+
+        ```python
+        print(round(area(1.0), 4))
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        3.1416
+        ```
+        ''')
+    result = run(book, "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*docs/page.md::line 3 PASSED*",
+                                 "*docs/page.md::line 8 PASSED*"])
+
+
+def test_wrong_output_fails_and_names_the_page_line(book):
+    page(book, '''\
+        ```python
+        print(1 + 1)
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        3
+        ```
+        ''')
+    result = run(book)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*docs/page.md::line 1*", "*-3*", "*+2*"])
+
+
+def test_exception_names_the_page_line(book):
+    page(book, '''\
+        Some prose.
+
+        ```python
+        x = 1
+        y = x / 0
+        ```
+        ''')
+    result = run(book)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*at page.md:5: y = x / 0*", "*ZeroDivisionError*"])
+
+
+def test_misspelled_section_is_a_collection_error(book):
+    page(book, '''\
+        ```python
+        --8<-- "pkg/geometry.py:aera"
+        ```
+        ''')
+    result = run(book)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*aera*"])
+
+
+def test_blocks_share_one_namespace_and_run_main(book):
+    page(book, '''\
+        ```python
+        import math
+        total = 1
+        ```
+
+        Prose between blocks.
+
+        ```py
+        total += 1
+        if __name__ == "__main__":
+            print(total)
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        2
+        ```
+        ''')
+    run(book).assert_outcomes(passed=2)
+
+
+def test_each_page_starts_with_a_fresh_namespace(book):
+    page(book, '''\
+        ```python
+        secret = 42
+        ```
+        ''')
+    (book.path / "docs" / "other.md").write_text(
+        "```python\nprint(secret)\n```\n")
+    result = run(book)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*NameError*secret*"])
+
+
+def test_cont_and_dedented_method_sections_work(book):
+    page(book, '''\
+        ```python
+        --8<-- "pkg/geometry.py:indented"
+        ```
+
+        <!--pytest-codeblocks:cont-->
+        ```python
+        print(double(None, 21))
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        42
+        ```
+        ''')
+    run(book).assert_outcomes(passed=1)
+
+
+def test_fence_inside_admonition_runs(book):
+    page(book, '''\
+        ??? success "Solution"
+
+            ```python
+            raise ValueError("inside the solution")
+            ```
+        ''')
+    result = run(book)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: inside the solution*"])
+
+
+@pytest.mark.parametrize("fence", ["```pycon", "~~~python", "```ipython"])
+def test_python_fence_that_would_not_run_is_refused(book, fence):
+    closing = "~~~" if fence.startswith("~") else "```"
+    page(book, f"{fence}\nprint('never run')\n{closing}\n")
+    result = run(book)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*would not be run*"])
+
+
+def test_skip_needs_a_reason(book):
+    page(book, '''\
+        <!--pytest.mark.skip-->
+        ```python
+        print("skipped")
+        ```
+        ''')
+    result = run(book)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*needs a reason=*"])
+
+
+def test_skip_with_reason_is_reported_as_skipped(book):
+    page(book, '''\
+        <!--pytest.mark.skip(reason="shows an API that needs a GPU")-->
+        ```python
+        raise SystemExit("must not run")
+        ```
+        ''')
+    run(book).assert_outcomes(skipped=1)
+
+
+def test_bash_block_runs_in_root_and_is_checked(book):
+    page(book, '''\
+        ```bash
+        python -c "print(6 * 7)"
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        41
+        ```
+        ''')
+    run(book).assert_outcomes(failed=1)
+
+
+def test_mermaid_and_text_fences_are_not_run(book):
+    page(book, '''\
+        ```mermaid
+        graph LR; a-->b
+        ```
+
+        ```text
+        not python
+        ```
+        ''')
+    result = run(book)
+    assert result.ret == 5  # no tests collected: nothing was mistaken for code
