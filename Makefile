@@ -38,6 +38,7 @@ build: install
 
 # Unit tests, every code block of every page, the guards, then the real build.
 test: install
+	$(BIN)/ruff check minigpt tests tests_site tools benchmarks
 	$(BIN)/python -m pytest -q tests docs
 	$(BIN)/mkdocs build --strict --site-dir site
 

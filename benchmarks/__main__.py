@@ -13,7 +13,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("names", nargs="*", help="run only these (e.g. matmul layout)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, for a smoke run")
     args = parser.parse_args(argv)
     here = Path(__file__).parent
     found = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)])

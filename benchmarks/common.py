@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: interleaved timing, results with the machine, chart paths."""
+"""Shared benchmark helpers: interleaved timing, results with their machine, charts."""
 
 from __future__ import annotations
 

@@ -23,11 +23,16 @@ _EXPORTS = {
     "read_safetensors": "minigpt.weights",
     "WeightsError": "minigpt.weights",
     "load_model": "minigpt.model",
-    "generate": "minigpt.generate",
+    "load_llama": "minigpt.llama",
     "machine_info": "minigpt.info",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# `generate` is both a submodule and the function it defines. Importing the
+# function here, once, makes `minigpt.generate` the function for good: a later
+# `import minigpt.generate` finds the module in sys.modules and leaves it be.
+from minigpt.generate import generate  # noqa: E402
+
+__all__ = ["__version__", "generate", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

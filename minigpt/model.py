@@ -12,6 +12,7 @@ beside `forward`, which stays as it is).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,15 +88,28 @@ def check_ids(ids: np.ndarray, config: GPTConfig) -> np.ndarray:
 
 
 # --8<-- [start:load-model]
+def model_type(path: Path) -> object:
+    """config.json's model_type; None if unreadable (read_config then says why)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError):
+        return None
+
+
 def load_model(path: str | Path) -> GPT:
-    """A GPT-2 from a checkpoint folder holding config.json and model.safetensors."""
+    """A model from a checkpoint folder holding config.json and model.safetensors."""
     folder = Path(path)
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise WeightsError(f"{folder}: no {name} (a checkpoint folder has "
                                f"config.json and model.safetensors)")
+    if model_type(folder / "config.json") == "llama":
+        from minigpt.llama import load_llama  # chapter 22, imported on demand
+
+        return load_llama(folder)
     config = read_config(folder / "config.json")
     tensors = read_safetensors(folder / "model.safetensors")
     params = gpt2_params(tensors, config, source=str(folder / "model.safetensors"))
     return GPT(config, params)
 # --8<-- [end:load-model]
+

@@ -92,5 +92,6 @@ def test_guards_see_an_unbalanced_section(tmp_path):
 
 
 def test_include_pattern_matches_the_forms_pages_use():
-    text = '```python\n--8<-- "minigpt/layers.py:softmax-stable"\n```\n    --8<-- "a.py"\n'
+    text = ('```python\n--8<-- "minigpt/layers.py:softmax-stable"\n```\n'
+            '    --8<-- "a.py"\n')
     assert INCLUDE.findall(text) == ["minigpt/layers.py:softmax-stable", "a.py"]

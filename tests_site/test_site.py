@@ -9,8 +9,8 @@ or an internal link that does not resolve.
 from __future__ import annotations
 
 import functools
-import os
 import http.server
+import os
 import threading
 import urllib.error
 import urllib.parse

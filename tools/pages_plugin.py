@@ -43,7 +43,7 @@ SKIP_MARK = re.compile(r"pytest\.mark\.(skip|skipif|xfail)\b")
 
 
 class PageError(Exception):
-    """A page cannot be collected: bad fence, unresolved include, skip without reason."""
+    """A page cannot be collected: a bad fence, or a skip without a reason."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,7 +55,7 @@ _Loader.add_multi_constructor("!", lambda *_: None)
 
 
 def snippet_settings(root: Path) -> tuple[dict, Path]:
-    """The pymdownx.snippets settings and docs_dir of the mkdocs.yml in root."""
+    """The pymdownx.snippets settings and docs_dir of root's mkdocs.yml."""
     config = yaml.load((root / "mkdocs.yml").read_text(encoding="utf-8"), _Loader)
     for ext in config.get("markdown_extensions", []):
         if isinstance(ext, dict) and "pymdownx.snippets" in ext:
@@ -91,7 +91,7 @@ def line_map(original: str, expanded: str) -> list[int]:
     a, b = original.split("\n"), expanded.split("\n")
     mapping = [0] * (len(b) + 1)
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, _, j1, j2 in matcher.get_opcodes():
         for j in range(j1, j2):
             # an included line maps to the include line that produced it
             i = i1 + (j - j1) if tag == "equal" else min(i1, len(a) - 1)

@@ -1,0 +1,335 @@
+"""A LLaMA-style model: RMSNorm, SwiGLU, grouped-query attention, rotary positions.
+
+Implements the decoder of LLaMA (Touvron et al., 2023) and its descendants as
+laid out by Hugging Face's `LlamaForCausalLM`, whose logits and greedy tokens the
+tests reproduce: pre-norm blocks with RMSNorm, a SwiGLU feed-forward, attention
+with fewer key/value heads than query heads (GQA), rotate-half RoPE from
+`minigpt.rope`, and an output head that may be tied to the embedding or not.
+`load_llama` reads a checkpoint folder (`config.json` with `model_type: "llama"`
++ `model.safetensors`) through `minigpt.weights`, like GPT-2's.
+
+Every forward pass goes through a KV cache: a cached decode step writes one row,
+and `forward(ids)` is the same code with a throwaway cache of exactly len(ids)
+rows, so the cached and uncached paths cannot drift apart.
+
+Leaves out on purpose: batches, biases in the projections (LLaMA has none),
+scaled RoPE variants (`rope_scaling`), sliding-window attention, sharded
+checkpoints, and the SentencePiece tokenizer that LLaMA checkpoints ship with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minigpt.attention import attention, merge_heads, split_heads
+from minigpt.model import check_ids
+from minigpt.rope import rope_angles, rope_half
+from minigpt.weights import WeightsError, put, read_safetensors
+
+__all__ = ["LlamaCache", "LlamaConfig", "LlamaModel", "grouped_attention",
+           "llama_attention", "llama_block", "llama_forward", "llama_names",
+           "llama_params", "load_llama", "read_llama_config", "rms_norm", "silu",
+           "swiglu"]
+
+
+# --8<-- [start:llama-config]
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The shape of a LLaMA-style model; names follow GPTConfig where they can."""
+
+    vocab_size: int = 32000           # number of tokens the model knows
+    n_ctx: int = 2048                 # longest input ("max_position_embeddings")
+    n_embd: int = 4096                # width C of the residual stream
+    n_layer: int = 32                 # number of transformer blocks
+    n_head: int = 32                  # query heads per block
+    n_kv_head: int = 32               # key/value heads; n_head % n_kv_head == 0
+    head_dim: int = 128               # features per head, even (RoPE uses pairs)
+    n_hidden: int = 11008             # SwiGLU width ("intermediate_size")
+    rms_norm_eps: float = 1e-6        # added to the mean square in every RMSNorm
+    rope_theta: float = 10000.0       # RoPE base: larger turns slower, reaches farther
+    tie_word_embeddings: bool = False  # True: the output head is embed_tokens
+# --8<-- [end:llama-config]
+
+
+# --8<-- [start:read-llama-config]
+def read_llama_config(path: str | Path) -> LlamaConfig:
+    """A LlamaConfig from a Hugging Face LLaMA config.json."""
+    raw = read_json(path)
+    check_llama_supported(path, raw)
+    try:
+        n_head = raw["num_attention_heads"]
+        config = LlamaConfig(
+            vocab_size=raw["vocab_size"], n_ctx=raw["max_position_embeddings"],
+            n_embd=raw["hidden_size"], n_layer=raw["num_hidden_layers"],
+            n_head=n_head, n_kv_head=raw.get("num_key_value_heads") or n_head,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // n_head,
+            n_hidden=raw["intermediate_size"],
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6), rope_theta=rope_theta(raw),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False))
+    except KeyError as exc:
+        raise WeightsError(f"{path}: required field {exc} is missing") from None
+    if config.n_head % config.n_kv_head:
+        raise WeightsError(f"{path}: num_attention_heads {config.n_head} is not "
+                           f"a multiple of num_key_value_heads {config.n_kv_head}")
+    if config.head_dim % 2:
+        raise WeightsError(f"{path}: head_dim {config.head_dim} is odd; RoPE "
+                           f"rotates features in pairs")
+    return config
+
+
+def rope_theta(raw: dict) -> float:
+    """RoPE's base: transformers 5 nests it in rope_parameters, older files do not."""
+    nested = raw.get("rope_parameters") or {}
+    return float(nested.get("rope_theta", raw.get("rope_theta", 10000.0)))
+# --8<-- [end:read-llama-config]
+
+
+def read_json(path: str | Path) -> dict:
+    """A config.json as a dict, or a WeightsError saying what is wrong with it."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both
+        raise WeightsError(f"{path}: not UTF-8 JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path}: a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+# --8<-- [start:check-llama-supported]
+def check_llama_supported(path: str | Path, raw: dict) -> None:
+    """Refuse LLaMA variants this engine would compute wrongly."""
+    wanted = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False,
+              "mlp_bias": False, "pretraining_tp": 1}
+    for key, value in wanted.items():
+        if raw.get(key, value) != value:
+            raise WeightsError(f"{path}: {key} is {raw[key]!r}; minigpt supports "
+                               f"only {value!r}")
+    for key in ("rope_parameters", "rope_scaling"):  # new name, old name
+        kind = (raw.get(key) or {}).get("rope_type", "default")
+        if kind != "default":
+            raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; "
+                               f"minigpt supports only plain RoPE ('default')")
+# --8<-- [end:check-llama-supported]
+
+
+# --8<-- [start:rms-norm]
+def rms_norm(x: np.ndarray, g: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Divide each row by its root mean square, then scale. x: (..., C) -> (..., C)"""
+    if g.shape != (x.shape[-1],):
+        raise ValueError(f"rms_norm: g must have shape ({x.shape[-1]},), "
+                         f"got {g.shape}")
+    ms = (x * x).mean(axis=-1, keepdims=True)  # [..., C] -> [..., 1]; no mean removed
+    return g * (x / np.sqrt(ms + eps))
+# --8<-- [end:rms-norm]
+
+
+# --8<-- [start:swiglu]
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), with sigmoid written via tanh so exp never overflows. (...)"""
+    return x * (0.5 + 0.5 * np.tanh(0.5 * x))  # sigmoid(x) = (1 + tanh(x/2)) / 2
+
+
+def swiglu(x: np.ndarray, gate_proj: np.ndarray, up_proj: np.ndarray,
+           down_proj: np.ndarray) -> np.ndarray:
+    """LLaMA's feed-forward: a SiLU gate times a linear path. x: (T, C) -> (T, C)"""
+    gate = silu(x @ gate_proj)  # [T, C] -> [T, H], H = n_hidden
+    return (gate * (x @ up_proj)) @ down_proj  # [T, H] -> [T, C]
+# --8<-- [end:swiglu]
+
+
+# --8<-- [start:grouped-attention]
+def grouped_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                      mask: np.ndarray | None) -> np.ndarray:
+    """Query heads share key/value heads in groups. q: (H, T, d), k, v: (H_kv, S, d)"""
+    H, T, d = q.shape
+    H_kv = k.shape[0]
+    if H % H_kv:
+        raise ValueError(f"grouped_attention: {H} query heads do not split into "
+                         f"groups over {H_kv} key/value heads")
+    # heads g*H/H_kv ... (g+1)*H/H_kv - 1 read kv head g, as in Hugging Face's repeat_kv
+    q = q.reshape(H_kv, H // H_kv, T, d)  # [H, T, d] -> [H_kv, group, T, d]
+    # k[:, None] broadcasts one kv head over its group: no copy of the cache
+    out = attention(q, k[:, None], v[:, None], mask)  # [H_kv, group, T, d]
+    return out.reshape(H, T, d)
+# --8<-- [end:grouped-attention]
+
+
+# --8<-- [start:llama-cache]
+@dataclass
+class LlamaCache:
+    """Rotated keys and values of the tokens seen so far, per layer and kv head."""
+
+    k: np.ndarray  # [n_layer, n_kv_head, capacity, head_dim], rows 0..length-1 used
+    v: np.ndarray  # [n_layer, n_kv_head, capacity, head_dim]
+    length: int = 0  # how many positions are filled
+
+    @classmethod
+    def empty(cls, config: LlamaConfig, capacity: int | None = None) -> LlamaCache:
+        """Allocate once; GQA makes it n_head / n_kv_head times smaller than MHA's."""
+        shape = (config.n_layer, config.n_kv_head, capacity or config.n_ctx,
+                 config.head_dim)
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def reset(self) -> None:
+        """Forget every token; the arrays are kept and overwritten later."""
+        self.length = 0
+# --8<-- [end:llama-cache]
+
+
+# --8<-- [start:llama-attention]
+def llama_attention(x: np.ndarray, q_proj: np.ndarray, k_proj: np.ndarray,
+                    v_proj: np.ndarray, o_proj: np.ndarray, config: LlamaConfig,
+                    rope: tuple, cache: LlamaCache, layer: int) -> np.ndarray:
+    """GQA with RoPE for T new tokens after the cached ones. x: (T, C) -> (T, C)"""
+    T, start = len(x), cache.length
+    q = split_heads(x @ q_proj, config.n_head)  # [T, C] -> [n_head, T, d]
+    k = split_heads(x @ k_proj, config.n_kv_head)  # [T, C] -> [n_kv_head, T, d]
+    v = split_heads(x @ v_proj, config.n_kv_head)
+    q, k = rope_half(q, *rope), rope_half(k, *rope)  # turn by each token's position
+    # keys are stored already rotated: a cached key never has to turn again
+    cache.k[layer, :, start:start + T] = k
+    cache.v[layer, :, start:start + T] = v
+    keys = cache.k[layer, :, :start + T]  # a view: [n_kv_head, start + T, d]
+    values = cache.v[layer, :, :start + T]
+    mask = None if T == 1 else np.tri(T, start + T, k=start, dtype=bool)
+    out = grouped_attention(q, keys, values, mask)  # [n_head, T, d]
+    return merge_heads(out) @ o_proj  # [T, n_head * d] -> [T, C]
+# --8<-- [end:llama-attention]
+
+
+# --8<-- [start:llama-block]
+def llama_block(x: np.ndarray, input_layernorm: dict, self_attn: dict,
+                post_attention_layernorm: dict, mlp: dict, config: LlamaConfig,
+                rope: tuple, cache: LlamaCache, layer: int) -> np.ndarray:
+    """One pre-norm LLaMA block. x: (T, C) -> (T, C)"""
+    eps = config.rms_norm_eps
+    h = rms_norm(x, **input_layernorm, eps=eps)
+    x = x + llama_attention(h, **self_attn, config=config, rope=rope,
+                            cache=cache, layer=layer)
+    return x + swiglu(rms_norm(x, **post_attention_layernorm, eps=eps), **mlp)
+# --8<-- [end:llama-block]
+
+
+# --8<-- [start:llama-forward]
+def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
+                  cache: LlamaCache) -> np.ndarray:
+    """Logits of new tokens that follow the cached ones. ids: (T,) -> (T, V)"""
+    ids = check_ids(ids, config)
+    start, end = cache.length, cache.length + len(ids)
+    if end > cache.k.shape[2]:
+        raise ValueError(f"the cache holds {start} of {cache.k.shape[2]} positions; "
+                         f"{len(ids)} more do not fit")
+
+    # no position table: positions enter as rotation angles, offset by the cache
+    rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta)
+    x = params["embed_tokens"][ids]  # [T] -> [T, C]
+
+    # the residual stream through every block
+    for layer, block in enumerate(params["layers"]):
+        x = llama_block(x, **block, config=config, rope=rope, cache=cache,
+                        layer=layer)
+    cache.length = end  # every layer has written rows start..end-1
+
+    # final norm, then the output head (tied or not)
+    x = rms_norm(x, **params["norm"], eps=config.rms_norm_eps)
+    return x @ params["lm_head"]  # [T, C] @ [C, V] -> [T, V]
+# --8<-- [end:llama-forward]
+
+
+# --8<-- [start:llama-model]
+@dataclass(frozen=True)
+class LlamaModel:
+    """A loaded LLaMA-style model; duck-types minigpt.model.GPT for generate()."""
+
+    config: LlamaConfig
+    params: dict  # {"embed_tokens", "layers": [block dicts], "norm", "lm_head"}
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for a whole sequence. ids: (T,) -> (T, vocab_size)"""
+        ids = check_ids(ids, self.config)
+        cache = LlamaCache.empty(self.config, capacity=len(ids))  # used once
+        return llama_forward(self.params, self.config, ids, cache)
+
+    def empty_cache(self) -> LlamaCache:
+        """A cache for the longest sequence the model can read."""
+        return LlamaCache.empty(self.config)
+
+    def forward_cached(self, ids: np.ndarray, cache: LlamaCache) -> np.ndarray:
+        """Logits of new tokens after those in the cache. ids: (T,) -> (T, V)"""
+        return llama_forward(self.params, self.config, ids, cache)
+# --8<-- [end:llama-model]
+
+
+# --8<-- [start:llama-name-table]
+# nn.Linear stores [out, in]; we multiply x @ w with w as [in, out], so these
+# tensors are transposed on load (a NumPy view: nothing is copied)
+TRANSPOSED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+              "down_proj", "lm_head")
+
+
+def llama_names(config: LlamaConfig) -> dict[str, tuple[tuple, tuple]]:
+    """Hugging Face name -> (path in our params, shape on disk), for every tensor."""
+    C, V, F = config.n_embd, config.vocab_size, config.n_hidden
+    q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    table = {"embed_tokens.weight": (("embed_tokens",), (V, C)),
+             "norm.weight": (("norm", "g"), (C,))}
+    if not config.tie_word_embeddings:
+        table["lm_head.weight"] = (("lm_head",), (V, C))
+    block = {"input_layernorm": (C,), "post_attention_layernorm": (C,),
+             "self_attn.q_proj": (q, C), "self_attn.k_proj": (kv, C),
+             "self_attn.v_proj": (kv, C), "self_attn.o_proj": (C, q),
+             "mlp.gate_proj": (F, C), "mlp.up_proj": (F, C), "mlp.down_proj": (C, F)}
+    for i in range(config.n_layer):
+        for name, shape in block.items():
+            where = ("layers", i, *name.split("."))
+            if name.endswith("layernorm"):
+                where = (*where, "g")
+            table[f"layers.{i}.{name}.weight"] = (where, shape)
+    return table
+# --8<-- [end:llama-name-table]
+
+
+# --8<-- [start:llama-params]
+def llama_params(tensors: dict[str, np.ndarray], config: LlamaConfig,
+                 source: str = "checkpoint") -> dict:
+    """Checkpoint tensors -> our nested params, every name and shape checked."""
+    table = llama_names(config)
+    params: dict = {"layers": [{} for _ in range(config.n_layer)]}
+    for name, x in tensors.items():
+        short = name.removeprefix("model.")  # LlamaModel saves without it
+        if short == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # tied: the head is the embedding, whatever the file holds
+        if short not in table:
+            raise WeightsError(f"{source}: tensor {name!r}: not a LLaMA parameter")
+        where, shape = table.pop(short)
+        if x.shape != shape:
+            raise WeightsError(f"{source}: tensor {name!r}: shape {list(x.shape)}, "
+                               f"expected {list(shape)} from the config")
+        x = np.asarray(x, dtype=np.float32)  # no copy if the file holds float32
+        put(params, where, x.T if where[-1] in TRANSPOSED else x)
+    if table:
+        raise WeightsError(f"{source}: tensor {next(iter(table))!r}: missing "
+                           f"({len(table)} missing in all)")
+    if config.tie_word_embeddings:
+        params["lm_head"] = params["embed_tokens"].T  # [V, C] -> [C, V], a view
+    return params
+# --8<-- [end:llama-params]
+
+
+# --8<-- [start:load-llama]
+def load_llama(path: str | Path) -> LlamaModel:
+    """A LLaMA-style model from a folder holding config.json and model.safetensors."""
+    folder = Path(path)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise WeightsError(f"{folder}: no {name} (a checkpoint folder has "
+                               f"config.json and model.safetensors)")
+    config = read_llama_config(folder / "config.json")
+    tensors = read_safetensors(folder / "model.safetensors")
+    params = llama_params(tensors, config, source=str(folder / "model.safetensors"))
+    return LlamaModel(config, params)
+# --8<-- [end:load-llama]

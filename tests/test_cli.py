@@ -1,0 +1,178 @@
+"""`python -m minigpt generate`: streams text, and refuses bad input in one line.
+
+The checkpoint is written here without any reference library: a random model
+from test_generate, saved as safetensors by hand (the format is a JSON header and
+raw bytes), with a byte-level BPE tokenizer trained on a line of text. The
+expected text is computed through the Python API; the CLI must print the same.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.__main__ import main
+from minigpt.tokenizer import ByteBPE, train_bpe
+from tests.test_generate import random_model
+
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler. " * 20
+BLOCK = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_attn": ("attn", "c_attn"),
+         "attn.c_proj": ("attn", "c_proj"), "mlp.c_fc": ("mlp", "c_fc"),
+         "mlp.c_proj": ("mlp", "c_proj")}
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """A minimal safetensors writer: 8-byte header size, JSON header, F32 data."""
+    header, blobs, offset = {}, [], 0
+    for name, x in tensors.items():
+        data = np.ascontiguousarray(x, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(x.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def write_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A tiny GPT-2 checkpoint folder: config, weights, vocab.json, merges.txt."""
+    tok = ByteBPE(*train_bpe(TEXT, vocab_size=300))
+    model = random_model(seed=seed, vocab_size=len(tok.vocab), n_ctx=64, n_embd=32)
+    p, cfg = model.params, model.config
+    tensors = {"wte.weight": p["wte"], "wpe.weight": p["wpe"],
+               "ln_f.weight": p["ln_f"]["g"], "ln_f.bias": p["ln_f"]["b"]}
+    for i, block in enumerate(p["blocks"]):
+        for hf, ours in BLOCK.items():
+            sub = block[ours] if isinstance(ours, str) else block[ours[0]][ours[1]]
+            w, b = (sub["g"], sub["b"]) if "ln" in hf else (sub["w"], sub["b"])
+            tensors[f"h.{i}.{hf}.weight"], tensors[f"h.{i}.{hf}.bias"] = w, b
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(tensors, folder / "model.safetensors")
+    config = {"model_type": "gpt2", "vocab_size": cfg.vocab_size,
+              "n_positions": cfg.n_ctx, "n_embd": cfg.n_embd,
+              "n_layer": cfg.n_layer, "n_head": cfg.n_head}
+    (folder / "config.json").write_text(json.dumps(config))
+    tok.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def expected_text(folder: Path, prompt: str, n: int, **knobs) -> str:
+    model, tok = minigpt.load_model(folder), minigpt.load_tokenizer(folder)
+    ids = list(minigpt.generate(model, tok.encode(prompt), n, **knobs))
+    return prompt + tok.decode(ids) + "\n"
+
+
+def test_checkpoint_round_trips(checkpoint):
+    model = minigpt.load_model(checkpoint)
+    ref = random_model(seed=0, vocab_size=model.config.vocab_size, n_ctx=64,
+                       n_embd=32)
+    ids = np.array([1, 50, model.config.vocab_size - 1])
+    np.testing.assert_array_equal(model.forward(ids), ref.forward(ids))
+
+
+@pytest.mark.parametrize("args, knobs", [
+    (["--temperature", "0"], dict(temperature=0.0)),
+    (["--temperature", "0.9", "--top-k", "20", "--seed", "3"],
+     dict(temperature=0.9, top_k=20, seed=3)),
+    (["--top-p", "0.8", "--seed", "1"], dict(temperature=0.8, top_p=0.8, seed=1)),
+])
+def test_generate_prints_the_api_text(checkpoint, capsys, args, knobs):
+    code = main(["generate", "To be", "--model", str(checkpoint),
+                 "--max-new-tokens", "25", *args])
+    out = capsys.readouterr()
+    assert code == 0 and out.err == ""
+    assert out.out == expected_text(checkpoint, "To be", 25, **knobs)
+
+
+def test_generate_as_a_process_streams_and_is_repeatable(checkpoint):
+    cmd = [sys.executable, "-m", "minigpt", "generate", "whether", "--model",
+           str(checkpoint), "--max-new-tokens", "15", "--seed", "7"]
+    runs = [subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert runs[0].stdout == expected_text(checkpoint, "whether", 15,
+                                           temperature=0.8, seed=7)
+
+
+def test_info_still_works(capsys):
+    assert main(["info"]) == 0
+    assert "numpy" in capsys.readouterr().out.lower()
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-new-tokens", "-1"], "must be >= 0, got -1"),
+    (["--temperature", "-0.5"], "must be >= 0, got -0.5"),
+    (["--top-k", "0"], "must be >= 1, got 0"),
+    (["--top-p", "1.5"], r"must be in (0, 1], got 1.5"),
+    (["--max-new-tokens", "ten"], "invalid count value"),
+])
+def test_bad_numbers_are_one_line_errors(checkpoint, capsys, extra, message):
+    line = one_line_error(capsys, ["generate", "hi", "--model", str(checkpoint),
+                                   *extra])
+    assert message in line and line.startswith("python -m minigpt generate: error")
+
+
+def test_missing_model_directory(tmp_path, capsys):
+    line = one_line_error(capsys, ["generate", "hi", "--model",
+                                   str(tmp_path / "nope")])
+    assert line == f"python -m minigpt: error: --model {tmp_path / 'nope'}: " \
+                   f"no such directory"
+
+
+def test_no_model_given(tmp_path, monkeypatch, capsys):
+    import minigpt.__main__ as cli
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", tmp_path / "demo")  # no demo here
+    line = one_line_error(capsys, ["generate", "hi"])
+    assert "no model: pass --model DIR" in line
+
+
+def test_the_demo_folder_is_the_default_model(checkpoint, monkeypatch, capsys):
+    import minigpt.__main__ as cli
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", checkpoint)  # holds a config.json
+    assert main(["generate", "To be", "--max-new-tokens", "5", "--seed", "2"]) == 0
+    assert capsys.readouterr().out == expected_text(checkpoint, "To be", 5,
+                                                     temperature=0.8, seed=2)
+
+
+def test_not_a_checkpoint(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    assert "no config.json" in one_line_error(
+        capsys, ["generate", "hi", "--model", str(folder)])
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (folder / name).write_bytes((checkpoint / name).read_bytes())
+    (folder / "model.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad")
+    assert "model.safetensors" in one_line_error(
+        capsys, ["generate", "hi", "--model", str(folder)])
+    (folder / "model.safetensors").write_bytes((checkpoint / "model.safetensors")
+                                               .read_bytes())
+    (folder / "config.json").write_text("{not json")
+    assert "config.json" in one_line_error(
+        capsys, ["generate", "hi", "--model", str(folder)])
+
+
+def test_empty_prompt(checkpoint, capsys):
+    line = one_line_error(capsys, ["generate", "", "--model", str(checkpoint)])
+    assert "the prompt is empty" in line

@@ -1,0 +1,103 @@
+"""The KV cache: cached logits equal chapter 17's forward, and the cache is reused.
+
+Tolerance: cached and uncached logits agree to 1e-5 relative to the largest
+logit. Both compute in float32; the cached path multiplies one row at a time
+where forward multiplies whole matrices, so only the summation order differs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.attention import mha
+from minigpt.generate import generate
+from minigpt.kvcache import KVCache, forward_cached, mha_cached
+from tests.reference import require
+from tests.test_generate import hf_model, random_model
+
+RTOL = 1e-5
+
+
+def close(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= RTOL * np.abs(b).max()
+
+
+@pytest.mark.parametrize("chunks", [[1] * 16, [16], [5, 1, 1, 9], [3, 4, 9]],
+                         ids=str)
+def test_cached_logits_equal_forward(chunks):
+    """Prefill a chunk, then more chunks: every row equals forward on the prefix."""
+    model = random_model(n_ctx=16)
+    ids = np.random.default_rng(0).integers(0, 64, 16)
+    full = model.forward(ids)
+    cache, start, rows = KVCache.empty(model.config), 0, []
+    for n in chunks:
+        rows.append(forward_cached(model, ids[start:start + n], cache))
+        start += n
+        assert cache.length == start
+    close(np.concatenate(rows), full)
+
+
+def test_mha_cached_equals_mha():
+    model = random_model(n_ctx=16, n_embd=32, n_head=4)
+    attn = model.params["blocks"][0]["attn"]
+    x = np.random.default_rng(1).standard_normal((10, 32)).astype(np.float32)
+    cache = KVCache.empty(model.config)
+    a = mha_cached(x[:6], **attn, n_head=4, cache=cache, layer=0)
+    cache.length = 6  # forward_cached does this after the last layer
+    b = mha_cached(x[6:], **attn, n_head=4, cache=cache, layer=0)
+    close(np.concatenate([a, b]), mha(x, **attn, n_head=4))
+
+
+@pytest.mark.reference
+def test_cache_contents_equal_transformers_past_key_values(tmp_path):
+    torch = require("torch")
+    shape = dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    ref = hf_model(tmp_path, **shape)
+    model = minigpt.load_model(tmp_path)
+    ids = np.arange(7) * 11
+    cache = KVCache.empty(model.config)
+    forward_cached(model, ids, cache)
+    with torch.no_grad():
+        past = ref(torch.from_numpy(ids)[None], use_cache=True).past_key_values
+    for layer in range(2):
+        k_ref = past.layers[layer].keys[0].numpy()  # [n_head, T, head_dim]
+        v_ref = past.layers[layer].values[0].numpy()
+        close(cache.k[layer, :, :7], k_ref)
+        close(cache.v[layer, :, :7], v_ref)
+
+
+def test_cache_is_allocated_once_float32():
+    model = random_model(n_ctx=16, n_embd=32, n_head=4, n_layer=2)
+    cache = KVCache.empty(model.config)
+    assert cache.k.shape == cache.v.shape == (2, 4, 16, 8)
+    assert cache.k.dtype == cache.v.dtype == np.float32
+    k, v = cache.k, cache.v
+    forward_cached(model, np.array([1, 2, 3]), cache)
+    for token in (4, 5, 6):
+        logits = forward_cached(model, np.array([token]), cache)
+        assert logits.dtype == np.float32 and logits.shape == (1, 64)
+    assert cache.k is k and cache.v is v  # written in place, never replaced
+    assert cache.length == 6 and np.abs(cache.k[:, :, 6:]).max() == 0
+    cache.reset()
+    assert cache.length == 0 and cache.k is k
+
+
+def test_full_cache_refuses_more_tokens():
+    model = random_model(n_ctx=8)
+    cache = KVCache.empty(model.config)
+    forward_cached(model, np.arange(8), cache)
+    with pytest.raises(ValueError, match="cache holds 8 tokens; 1 more would pass"):
+        forward_cached(model, np.array([1]), cache)
+    assert cache.length == 8  # the refused call changed nothing
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_and_uncached_generation_give_identical_tokens(seed):
+    model = random_model(seed=seed, n_ctx=16)
+    for knobs in (dict(), dict(temperature=1.0, top_k=20)):
+        a = list(generate(model, [3, 1, 4], 50, seed=seed, use_cache=True, **knobs))
+        b = list(generate(model, [3, 1, 4], 50, seed=seed, use_cache=False, **knobs))
+        assert a == b and len(a) == 50
