@@ -43,7 +43,7 @@ def gflops(n: int, repeats: int = 5) -> float:
 
 sizes = [32, 64, 128, 256, 512]
 live = [gflops(n) for n in sizes]
-for n, g in zip(sizes, live):
+for n, g in zip(sizes, live, strict=True):
     print(f"n = {n:4d}: {g:6.1f} GFLOPS")
 
 # %%
@@ -69,3 +69,157 @@ for path in sorted(results.glob("*.json")):
     machine = record["machine"]
     print(f"{record['topic']:>12}: {record['date']}  {machine['cpu']}, "
           f"{machine['cores']} cores, NumPy {machine['numpy']}, {machine['blas']}")
+
+# %% [markdown]
+# ## Matrix multiplication and memory layout (chapters 4 to 6)
+#
+# The GFLOPS ladder of chapter 6 (naive loops up to BLAS) and the memory-layout
+# figures of chapter 4, as `make bench` drew them.
+
+# %%
+from IPython.display import SVG, display
+
+charts = Path("docs/assets/charts")
+for name in ("matmul-ladder", "matmul-sweep", "layout-access", "layout-sums"):
+    if (charts / f"{name}.svg").is_file():
+        display(SVG(filename=str(charts / f"{name}.svg")))
+    else:
+        print(f"{name}.svg: not yet written by make bench")
+
+# %% [markdown]
+# ## Memory bandwidth (chapter 21)
+#
+# How fast this machine streams float32 data, by the size of the array: arrays
+# that fit in a cache stream faster than main memory can deliver. The large-array
+# figure is the one the roofline uses.
+
+# %%
+bw = json.loads((results / "bandwidth.json").read_text())["results"]
+fig, ax = plt.subplots(figsize=(6, 3.5))
+mb = np.array(bw["sizes_bytes"]) / 2**20
+ax.plot(mb, bw["read_gb_s"], marker="o", label="read (matrix @ vector)")
+ax.plot(mb, bw["copy_gb_s"], marker="s", label="copy (read + write)")
+ax.set_xscale("log", base=2)
+ax.set_xlabel("working set (MB)")
+ax.set_ylabel("GB/s, 1 thread")
+ax.set_ylim(bottom=0)
+ax.grid(alpha=0.3)
+ax.legend()
+plt.show()
+for threads, rates in bw["main_memory"].items():
+    print(f"{threads} thread(s): " + ", ".join(f"{k} {v:.1f} GB/s"
+                                            for k, v in rates.items()))
+
+# %% [markdown]
+# ## Decoding GPT-2 124M against transformers (chapter 21)
+#
+# `python -m benchmarks decode`: GPT-2 124M's shape with random weights, a
+# 16-token prompt and 128 new greedy tokens, transformers on PyTorch and minigpt
+# taking turns in every round with the same number of threads; the dashed line is
+# the memory-bandwidth ceiling measured in the same run.
+
+# %%
+dec = json.loads((results / "decode.json").read_text())["results"]
+names = list(dec["decode"]) + [
+    f"minigpt (no cache, {dec['decode_no_cache']['new_tokens']} tokens)"]
+rates = [d["decode_tok_s"] for d in dec["decode"].values()]
+rates.append(dec["decode_no_cache"]["decode_tok_s"])
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.barh(names, rates, color="#4a6fb8")
+ax.axvline(dec["ceiling_tok_s"], color="crimson", ls="--", label="bandwidth ceiling")
+ax.invert_yaxis()
+ax.set_xlabel(f"decode tokens/s, {dec['threads']} thread(s)")
+ax.legend()
+plt.show()
+for name, t in dec["targets"].items():
+    print(f"{name:<38} measured {t['measured']:.2f}, target {t['target']}: "
+          f"{'met' if t['met'] else 'NOT met'}")
+
+# %% [markdown]
+# Per-token latency against the token's position, and the prefill: prompt tokens
+# per second against the prompt's length.
+
+# %%
+fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+for name, d in dec["decode"].items():
+    a.plot(np.arange(len(d["step_ms"])) + dec["prompt_tokens"] + 1,
+           np.array(d["step_ms"]) * 1e3, lw=1, label=name)
+a.set_xlabel("position")
+a.set_ylabel("ms per token")
+a.set_ylim(bottom=0)
+a.legend(fontsize=8)
+pre = dec["prefill"]
+for name in ("transformers", "minigpt"):
+    b.plot(pre["lengths"], pre[name], marker="o", label=name)
+b.set_xscale("log", base=2)
+b.set_xlabel("prompt length")
+b.set_ylabel("prompt tokens/s")
+b.set_ylim(bottom=0)
+b.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# One thread against every core (shorter runs), and the roofline: attainable
+# GFLOPS against operations per byte of weights, with decoding and the prefills
+# placed on it.
+
+# %%
+fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+counts = list(dec["by_threads"])
+engines = list(dec["by_threads"][counts[0]]["decode"])
+y = np.arange(len(engines))
+for i, n in enumerate(counts):
+    a.barh(y + 0.4 * i - 0.2, [dec["by_threads"][n]["decode"][e]["decode_tok_s"]
+                                for e in engines], height=0.4, label=f"{n} thread(s)")
+a.set_yticks(y, engines)
+a.invert_yaxis()
+a.set_xlabel("decode tokens/s")
+a.legend(fontsize=8)
+from minigpt.bench import forward_flops
+from minigpt.weights import GPTConfig
+
+weights = dec["weight_bytes"]
+intensity = np.logspace(-1, 3, 100)
+b.plot(intensity, np.minimum(dec["peak_gflops"], dec["bandwidth_gb_s"] * intensity),
+       color="crimson", label="roof")
+one = forward_flops(GPTConfig(), weights // 4, 1)  # GPT-2 124M, one token
+for name, d in dec["decode"].items():
+    b.plot(one / weights, d["decode_tok_s"] * one / 1e9, "o", label=f"decode, {name}")
+flops = np.array([forward_flops(GPTConfig(), weights // 4, n) for n in pre["lengths"]])
+for name in ("minigpt", "transformers"):
+    per_s = np.array(pre[name]) / np.array(pre["lengths"])  # prompts per second
+    b.plot(flops / weights, per_s * flops / 1e9, ":s", label=f"prefill, {name}")
+b.set_xscale("log")
+b.set_yscale("log")
+b.set_xlabel("FLOPs per byte of weights")
+b.set_ylabel("GFLOPS")
+b.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# ## A live measurement: the decode ceiling of this machine
+#
+# The roofline race of chapter 21 on the machine building this page: a small
+# GPT-2-shaped model (6 layers, width 512, a vocabulary of 8,192, about 23
+# million parameters) with random weights, single decode steps of chapter 20's
+# code and of the lean decoder timed in turns with a memory stream, one thread.
+
+# %%
+import tempfile
+
+from threadpoolctl import threadpool_limits
+
+from minigpt.bench import race_to_roofline, save_random_gpt2
+from minigpt.model import load_model
+from minigpt.weights import GPTConfig
+
+small = GPTConfig(vocab_size=8192, n_ctx=256, n_embd=512, n_layer=6, n_head=8)
+with tempfile.TemporaryDirectory() as tmp, threadpool_limits(1):
+    model = load_model(save_random_gpt2(Path(tmp) / "small", small))
+    race = race_to_roofline(model, position=48, rounds=15)
+    del model  # unmap the file before its folder goes
+print(f"bandwidth {race['bandwidth_gb_s']:.1f} GB/s -> ceiling "
+      f"{race['ceiling_tok_s']:.0f} tokens/s")
+for name, rate in race["tok_s"].items():
+    print(f"{name:<16} {rate:5.0f} tokens/s = {rate / race['ceiling_tok_s']:.0%} "
+          f"of the ceiling")
