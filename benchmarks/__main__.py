@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; "
                      f"available: {', '.join(found)}")
+    from benchmarks import common
+
+    common.WRITE = not args.quick
     for name in args.names or found:
         start = time.perf_counter()
         module = importlib.import_module(f"benchmarks.bench_{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ from minigpt.info import machine_info
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CHARTS = ROOT / "docs" / "assets" / "charts"
+# False for `python -m benchmarks --quick`: a smoke run must never overwrite the
+# full-size results and charts that the pages quote.
+WRITE = True
 
 
 def calls_for(fn: Callable[[], object], min_seconds: float) -> int:
@@ -46,8 +50,9 @@ def time_alternating(
 
 def save_results(topic: str, results: dict, command: str = "make bench") -> Path:
     """Write results as benchmarks/results/<topic>.json, with the machine and date."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{topic}.json"
+    folder = RESULTS if WRITE else Path(tempfile.gettempdir()) / "minigpt-quick"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{topic}.json"
     record = {
         "topic": topic,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -65,9 +70,10 @@ def load_results(topic: str) -> dict:
 
 
 def chart_path(name: str) -> Path:
-    """docs/assets/charts/<name>.svg, the folder made if needed."""
-    CHARTS.mkdir(parents=True, exist_ok=True)
-    return CHARTS / f"{name}.svg"
+    """docs/assets/charts/<name>.svg (a temporary folder in a quick run)."""
+    folder = CHARTS if WRITE else Path(tempfile.gettempdir()) / "minigpt-quick"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.svg"
 
 
 def machine_caption(machine: dict) -> str:

@@ -12,9 +12,13 @@ Example:
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The small model that ships with the book (appendix: Training the demo model).
+DEMO_MODEL = Path(__file__).resolve().parent / "demo"
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -32,7 +36,7 @@ _EXPORTS = {
 # `import minigpt.generate` finds the module in sys.modules and leaves it be.
 from minigpt.generate import generate  # noqa: E402
 
-__all__ = ["__version__", "generate", *_EXPORTS]
+__all__ = ["__version__", "DEMO_MODEL", "generate", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

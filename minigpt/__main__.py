@@ -12,8 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+from minigpt import DEMO_MODEL
+
 # the bundled demo model, once a later chapter ships it; until then --model is needed
-DEFAULT_MODEL = Path(__file__).resolve().parent / "demo"
+DEFAULT_MODEL = DEMO_MODEL
 
 
 # --8<-- [start:cli-checks]

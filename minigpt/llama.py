@@ -19,7 +19,6 @@ checkpoints, and the SentencePiece tokenizer that LLaMA checkpoints ship with.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 from minigpt.attention import attention, merge_heads, split_heads
 from minigpt.model import check_ids
 from minigpt.rope import rope_angles, rope_half
-from minigpt.weights import WeightsError, put, read_safetensors
+from minigpt.weights import WeightsError, put, read_json, read_safetensors
 
 __all__ = ["LlamaCache", "LlamaConfig", "LlamaModel", "grouped_attention",
            "llama_attention", "llama_block", "llama_forward", "llama_names",
@@ -86,17 +85,6 @@ def rope_theta(raw: dict) -> float:
     nested = raw.get("rope_parameters") or {}
     return float(nested.get("rope_theta", raw.get("rope_theta", 10000.0)))
 # --8<-- [end:read-llama-config]
-
-
-def read_json(path: str | Path) -> dict:
-    """A config.json as a dict, or a WeightsError saying what is wrong with it."""
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both
-        raise WeightsError(f"{path}: not UTF-8 JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise WeightsError(f"{path}: a JSON {type(raw).__name__}, not an object")
-    return raw
 
 
 # --8<-- [start:check-llama-supported]

@@ -162,14 +162,20 @@ class GPTConfig:
 
 
 # --8<-- [start:read-config]
-def read_config(path: str | Path) -> GPTConfig:
-    """A GPTConfig from a Hugging Face GPT-2 config.json."""
+def read_json(path: str | Path) -> dict:
+    """A config.json as a dict, or a WeightsError saying what is wrong with it."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both
         raise WeightsError(f"{path}: not UTF-8 JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise WeightsError(f"{path}: a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+def read_config(path: str | Path) -> GPTConfig:
+    """A GPTConfig from a Hugging Face GPT-2 config.json."""
+    raw = read_json(path)
     check_supported(path, raw)
     try:
         config = GPTConfig(vocab_size=raw["vocab_size"],

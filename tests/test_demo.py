@@ -28,9 +28,9 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 # greedy decoding (argmax at every step, no cache) for 40 tokens from "ROMEO:" and
 # pasting the ids. Regenerate only when the demo model itself is retrained.
 PROMPT = "ROMEO:"
-GOLDEN = [10, 73, 457, 304, 365, 46, 10, 10, 10, 80, 571, 80, 1003, 58, 10, 73, 457,
-          304, 365, 44, 291, 457, 304, 365, 46, 10, 10, 80, 571, 80, 1003, 58, 10,
-          73, 457, 304, 365, 46, 10, 10]
+GOLDEN = [10, 73, 457, 321, 365, 44, 307, 436, 44, 10, 327, 291, 457, 321, 365, 44,
+          291, 457, 304, 108, 480, 294, 320, 44, 10, 327, 291, 457, 304, 365, 44,
+          298, 291, 457, 304, 108, 480, 294, 320, 46]
 
 
 def greedy_ids(model, ids: list[int], n: int) -> list[int]:
