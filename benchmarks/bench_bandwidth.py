@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import (
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -79,10 +80,7 @@ def run(quick: bool = False) -> dict:
 
 def draw(r: dict, machine: dict) -> None:
     """The ladder: GB/s against working-set size, caches marked by the drops."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plt.rcParams["svg.hashsalt"] = "minigpt"
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sizes = np.array(r["sizes_bytes"]) / 2**20
     ax.plot(sizes, r["read_gb_s"], marker="o", label="read (matrix @ vector)")

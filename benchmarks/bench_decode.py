@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import ROOT, chart_path, machine_caption, save_results
+from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
 from minigpt.bench import (
     bytes_per_token,
     float64_arrays,
@@ -339,10 +339,7 @@ def targets(r: dict) -> dict:
 
 def draw(r: dict, machine: dict) -> None:
     """The five charts, each with the machine in its footer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plt.rcParams["svg.hashsalt"] = "minigpt"
+    plt = pyplot()
     meta = {"Date": None}
     caption = f"{machine_caption(machine)}; python -m benchmarks decode"
 

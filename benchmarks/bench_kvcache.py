@@ -26,6 +26,7 @@ from benchmarks.common import (
     chart_path,
     load_results,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -129,10 +130,7 @@ def _arrays(tree):
 
 
 def plot(results: dict, machine: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = results["small_steps"]
     fig, ax = plt.subplots(figsize=(7, 4))
     ms = {k: [1e3 * s for s in steps[k]] for k in ("cached", "uncached")}
@@ -175,10 +173,7 @@ def sampling_example() -> dict:
 
 
 def plot_sampling(example: dict, shown: int = 12) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [repr(c)[1:-1] if c.strip() else repr(c) for c in example["chars"]]
     names = list(example["probs"])
     fig, axes = plt.subplots(1, len(names), figsize=(12, 3.2), sharey=True)

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import (
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -158,19 +159,14 @@ def run(quick: bool = False) -> dict:
           f"vectorize/ours {g['vectorize_over_ours']:.0f}x, "
           f"x**3 / x*x*x {g['power_over_multiply']:.0f}x, "
           f"stable/naive softmax {s['stable_over_naive']:.2f}x", flush=True)
-    if not quick:
-        save_results("layers", results)
-        draw(results, machine)
+    save_results("layers", results)  # to a temporary folder in a quick run
+    draw(results, machine)
     return results
 
 
 def draw(results: dict, machine: dict) -> None:
     """The three SVG charts the chapters show."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "minigpt"  # stable ids: diffs show real changes
+    plt = pyplot()
     meta = {"Date": None}
     caption = machine_caption(machine)
 

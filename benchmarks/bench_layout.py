@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks.common import (
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -83,18 +84,14 @@ def run(quick: bool = False) -> dict:
                "sums": sums(n, rounds)}
     print(f"  random/contiguous {results['access']['random_over_contiguous']:.1f}x, "
           f"column/row {results['sums']['column_over_row']:.1f}x", flush=True)
-    if not quick:
-        save_results("layout", results)
-        draw(results, machine)
+    save_results("layout", results)  # to a temporary folder in a quick run
+    draw(results, machine)
     return results
 
 
 def draw(results: dict, machine: dict) -> None:
     """Two SVG charts: ns per element by access pattern, and the three sums."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ns = results["access"]["ns_per_element"]
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = ax.bar(list(ns), list(ns.values()), color="#3f51b5")

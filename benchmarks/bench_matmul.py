@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks.common import (
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -95,18 +96,14 @@ def run(quick: bool = False) -> dict:
                      "register_over_blas": head["register"] / head["blas"],
                      "blocked_over_ikj": head["blocked"] / head["ikj"]},
     }
-    if not quick:
-        save_results("matmul", results)
-        draw(results, machine)
+    save_results("matmul", results)  # to a temporary folder in a quick run
+    draw(results, machine)
     return results
 
 
 def draw(results: dict, machine: dict) -> None:
     """Two SVG charts: the ladder (bars, log scale) and GFLOPS against n."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     lad, py = results["ladder"], results["python"]
     names = ["python", *lad["gflops"]]
     values = [py["gflops"]["python"], *lad["gflops"].values()]

@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import (
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -140,19 +141,14 @@ def run(quick: bool = False) -> dict:
     print("  decode ms/token by kv heads: "
           + ", ".join(f"{n}: {s * 1e3:.1f}" for n, s in decode.items())
           + f"; RoPE share of a decode step {share:.1%}", flush=True)
-    if not quick:
-        save_results("rope", results)
-        draw(results, machine)
+    save_results("rope", results)  # to a temporary folder in a quick run
+    draw(results, machine)
     return results
 
 
 def draw(results: dict, machine: dict) -> None:
     """The two SVG charts chapter 22 shows."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = "minigpt"  # stable ids: diffs show real changes
+    plt = pyplot()
     meta = {"Date": None}
     caption = machine_caption(machine)
 

@@ -17,6 +17,7 @@ from benchmarks.common import (
     ROOT,
     chart_path,
     machine_caption,
+    pyplot,
     save_results,
     time_alternating,
 )
@@ -76,22 +77,16 @@ def run(quick: bool = False) -> dict:
              "tiktoken": lambda: ref.encode_ordinary(word)}, rounds=3)
         results.update(long_word_chars=n, long_word_minigpt_s=worst["minigpt"],
                        long_word_tiktoken_s=worst["tiktoken"])
-        if not quick:
-            draw(results, machine_info())
+        draw(results, machine_info())  # a temporary folder in a quick run
     for key, value in results.items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    if not quick:
-        save_results("tokenizer", results, command="python -m benchmarks tokenizer")
+    save_results("tokenizer", results, command="python -m benchmarks tokenizer")
     return results
 
 
 def draw(results: dict, machine: dict) -> None:
     """A bar per tokenizer: seconds to encode the corpus."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = ["minigpt (pure Python)", "tiktoken (Rust)"]
     secs = [results["minigpt_s"], results["tiktoken_s"]]
     fig, ax = plt.subplots(figsize=(7.5, 2.6))

@@ -76,6 +76,21 @@ def chart_path(name: str) -> Path:
     return folder / f"{name}.svg"
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing off screen, with SVG ids stable across runs.
+
+    A fixed hash salt makes a re-drawn chart differ from the committed one only
+    where the figures differ, so a diff shows real changes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "minigpt"
+    return plt
+
+
 def machine_caption(machine: dict) -> str:
     """One line naming the machine, for chart footers."""
     return (f"{machine['cpu']}, {machine['cores']} cores, NumPy {machine['numpy']}, "
