@@ -173,9 +173,12 @@ class PageBlock(pytest.Item):
             raise BlockFailure(f"printed output differs from the page:\n{diff}")
 
     def run_python(self) -> str:
-        code = compile(self.block.code, self.filename, "exec")
+        # dont_inherit: a reader's fresh session has none of this module's
+        # `from __future__` flags, so neither may the page's code.
+        code = compile(self.block.code, self.filename, "exec", dont_inherit=True)
         buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
+        with contextlib.redirect_stdout(buffer), working_directory(
+                self.config.rootpath):
             try:
                 exec(code, self.parent.namespace)
             except Exception as exc:
