@@ -46,8 +46,11 @@ test: install
 test-site: build
 	$(BIN)/python -m pytest -q tests_site
 
+# Writes benchmarks/results/*.json and the charts; the next `make build` renders
+# every bound figure of the prose from them. `make bench BENCH="matmul layout"`.
+BENCH ?=
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH)
 
 lint: install
 	$(BIN)/ruff check minigpt tests tools benchmarks

@@ -1,4 +1,8 @@
-"""Run every benchmark: python -m benchmarks [--quick] [NAME ...]."""
+"""Run every benchmark: python -m benchmarks [--quick] [NAME ...].
+
+Results go to benchmarks/results/ (a temporary folder with --quick), or to the
+folder named by $MINIGPT_RESULTS, from which the next `mkdocs build` also reads.
+"""
 
 from __future__ import annotations
 

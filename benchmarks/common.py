@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -15,6 +16,9 @@ from minigpt.info import machine_info
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CHARTS = ROOT / "docs" / "assets" / "charts"
+# Names another results folder, for both writing and reading (the build reads it
+# too, see tools/figures.py): tests run benchmarks and render pages against a copy.
+RESULTS_ENV = "MINIGPT_RESULTS"
 # False for `python -m benchmarks --quick`: a smoke run must never overwrite the
 # full-size results and charts that the pages quote.
 WRITE = True
@@ -48,9 +52,21 @@ def time_alternating(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def results_dir() -> Path:
+    """Where results are read and written: $MINIGPT_RESULTS, else benchmarks/results."""
+    folder = os.environ.get(RESULTS_ENV)
+    return Path(folder) if folder else RESULTS
+
+
 def save_results(topic: str, results: dict, command: str = "make bench") -> Path:
-    """Write results as benchmarks/results/<topic>.json, with the machine and date."""
-    folder = RESULTS if WRITE else Path(tempfile.gettempdir()) / "minigpt-quick"
+    """Write results as benchmarks/results/<topic>.json, with the machine and date.
+
+    A quick run writes to a temporary folder unless $MINIGPT_RESULTS names one.
+    """
+    if os.environ.get(RESULTS_ENV) or WRITE:
+        folder = results_dir()
+    else:
+        folder = Path(tempfile.gettempdir()) / "minigpt-quick"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{topic}.json"
     record = {
@@ -66,7 +82,7 @@ def save_results(topic: str, results: dict, command: str = "make bench") -> Path
 
 def load_results(topic: str) -> dict:
     """Read benchmarks/results/<topic>.json as written by save_results."""
-    return json.loads((RESULTS / f"{topic}.json").read_text(encoding="utf-8"))
+    return json.loads((results_dir() / f"{topic}.json").read_text(encoding="utf-8"))
 
 
 def chart_path(name: str) -> Path:

@@ -255,3 +255,88 @@ def test_mermaid_and_text_fences_are_not_run(book):
         ''')
     result = run(book)
     assert result.ret == 5  # no tests collected: nothing was mistaken for code
+
+
+MACROS_YML = """\
+plugins:
+  - macros:
+      module_name: tools/figures
+      render_by_default: false
+      on_undefined: strict
+      on_error_fail: true
+"""
+
+
+@pytest.fixture
+def bound_book(book, monkeypatch, tmp_path):
+    """The book with mkdocs.yml's figure binding and a results folder of its own."""
+    (book.path / "mkdocs.yml").write_text(MKDOCS_YML + MACROS_YML)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "speed.json").write_text(
+        '{"command": "make bench", "date": "2026-01-02T03:04:05+00:00", "machine": '
+        '{"cpu": "C", "cores": 2, "python": "3", "numpy": "2", "blas": "b"}, '
+        '"results": {"gflops": 53.16}}')
+    monkeypatch.setenv("MINIGPT_RESULTS", str(results))
+    return book
+
+
+def test_figures_are_rendered_before_the_blocks_run(bound_book):
+    page(bound_book, '''\
+        ---
+        render_macros: true
+        ---
+        BLAS ran at {{ fig("speed", "gflops", ".1f") }} GFLOPS, {{ num(
+            v("speed", "gflops") / 2, ".1f") }} GFLOPS a core.
+
+        {{ measured("speed") }}
+
+        ```python
+        print("{{ fig('speed', 'gflops', '.2f') }}")
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        53.16
+        ```
+
+        ```python
+        raise ValueError("at the right line")
+        ```
+        ''')
+    result = run(bound_book, "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*docs/page.md::line 9 PASSED*",
+                                 "*at page.md:19: raise ValueError*"])
+
+
+def test_a_misspelled_figure_fails_naming_page_and_key(bound_book):
+    page(bound_book, '''\
+        ---
+        render_macros: true
+        ---
+        BLAS ran at {{ fig("speed", "gflop", ".1f") }} GFLOPS.
+
+        ```python
+        print(1)
+        ```
+        ''')
+    result = run(bound_book)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*docs/page.md: topic 'speed' has no figure 'gflop'*"])
+
+
+def test_a_page_that_does_not_opt_in_is_not_rendered(bound_book):
+    page(bound_book, '''\
+        Braces stay: {{ fig("speed", "nothing") }}.
+
+        ```python
+        print("{{ 1 }}")
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```text
+        {{ 1 }}
+        ```
+        ''')
+    run(bound_book).assert_outcomes(passed=1)

@@ -4,8 +4,10 @@ pytest-codeblocks alone would see only the literal `--8<--` line of an include,
 drop fences with attributes (```python title="x"), give every block fresh
 globals and never run `if __name__ == "__main__":` bodies. So this plugin:
 
-1. expands each page with pymdownx.snippets, configured from mkdocs.yml exactly as
-   the site build is (so a misspelled section fails here as it fails the build);
+1. renders the figures of a page that opts in (`render_macros: true`) through
+   tools/figures.py, with mkdocs.yml's macros settings, as the build does, then
+   expands it with pymdownx.snippets, configured from mkdocs.yml exactly as the site
+   build is (so a misspelled section or figure key fails here as in the build);
 2. parses the expanded text with pytest-codeblocks' own parser, so its `cont`,
    `expected-output`, `importorskip` and `pytest.mark` comments keep working;
 3. runs the python blocks of one page in order, in ONE fresh namespace whose
@@ -33,6 +35,8 @@ import markdown
 import pytest
 import yaml
 from pytest_codeblocks.main import CodeBlock, extract_from_buffer
+
+from tools.figures import FigureError, render_markdown
 
 RUNNABLE = {"python": "python", "py": "python", "python3": "python",
             "sh": "sh", "bash": "bash", "shell": "bash"}
@@ -64,14 +68,24 @@ def snippet_settings(root: Path) -> tuple[dict, Path]:
     raise PageError(f"{root / 'mkdocs.yml'} does not configure pymdownx.snippets")
 
 
-def expand(page: Path, root: Path, settings: dict) -> str:
-    """The page's markdown with every snippet include replaced by what it includes."""
+def rendered(page: Path, root: Path) -> str:
+    """The page's markdown with its figures rendered, as the site build renders it."""
+    text = page.read_text(encoding="utf-8")
+    try:
+        return render_markdown(text, page.relative_to(root).as_posix(), root)
+    except FigureError as exc:
+        raise PageError(str(exc)) from None
+
+
+def expand(page: Path, root: Path, settings: dict, text: str | None = None) -> str:
+    """The page's markdown (or text) with every snippet include expanded."""
     md = markdown.Markdown(extensions=["pymdownx.snippets"],
                            extension_configs={"pymdownx.snippets": settings})
+    if text is None:
+        text = page.read_text(encoding="utf-8")
     # snippets resolves base_path against the working directory, as mkdocs does.
     with working_directory(root):
-        lines = md.preprocessors["snippet"].run(
-            page.read_text(encoding="utf-8").split("\n"))
+        lines = md.preprocessors["snippet"].run(text.split("\n"))
     return "\n".join(lines)
 
 
@@ -127,9 +141,12 @@ class PageFile(pytest.File):
         root = self.config.rootpath
         settings, _ = snippet_settings(root)
         rel = self.path.relative_to(root).as_posix()
-        original = self.path.read_text(encoding="utf-8")
-        expanded = expand(self.path, root, settings)
-        mapping = line_map(original, expanded)
+        text = rendered(self.path, root)
+        expanded = expand(self.path, root, settings, text)
+        # page line of each expanded line, through the rendering (a figure written
+        # over several lines renders as one) and then the includes
+        to_page = line_map(self.path.read_text(encoding="utf-8"), text)
+        mapping = [to_page[k - 1] for k in line_map(text, expanded)]
         check_fences(expanded, mapping, rel)
         self.namespace: dict = {"__name__": "__main__"}
         for block in extract_from_buffer(io.StringIO(expanded)):
