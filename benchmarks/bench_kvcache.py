@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from benchmarks.common import (
-    ROOT,
     chart_path,
     load_results,
     machine_caption,
@@ -31,9 +30,7 @@ from benchmarks.common import (
     time_alternating,
 )
 from minigpt.generate import generate
-from minigpt.kvcache import KVCache, forward_cached
-from minigpt.model import GPT
-from minigpt.sampling import next_token_probs
+from minigpt.kvcache import CachedGPT as GPT
 from minigpt.weights import GPTConfig
 
 SMALL = GPTConfig(vocab_size=1024, n_ctx=1024, n_embd=256, n_layer=4, n_head=4)
@@ -68,11 +65,12 @@ def step_times(model: GPT, positions: list[int], rounds: int) -> dict:
                                             max(positions))
     fns = {}
     for p in positions:
-        cache = KVCache.empty(model.config)
-        forward_cached(model, ids[: p - 1], cache)  # tokens before position p
+        cache = model.empty_cache()
+        # the tokens before position p
+        model.forward_cached(ids[: p - 1], cache, last_only=True)
         def cached(p=p, cache=cache):
             cache.length = p - 1  # forget the step's own token: repeatable
-            return forward_cached(model, ids[p - 1:p], cache)
+            return model.forward_cached(ids[p - 1:p], cache, last_only=True)
         def uncached(p=p):
             return model.forward(ids[:p])[-1]
         fns[f"cached {p}"], fns[f"uncached {p}"] = cached, uncached
@@ -104,12 +102,13 @@ def gpt2_decode(positions: list[int], rounds: int) -> dict:
     ids = np.random.default_rng(2).integers(0, GPT2.vocab_size, max(positions))
     fns = {}
     for p in positions:
-        cache = KVCache.empty(GPT2)
+        cache = model.empty_cache()
         for start in range(0, p - 1, 256):  # prefill in chunks: bounded memory
-            forward_cached(model, ids[start:min(start + 256, p - 1)], cache)
+            chunk = ids[start:min(start + 256, p - 1)]
+            model.forward_cached(chunk, cache, last_only=True)
         def step(p=p, cache=cache):
             cache.length = p - 1
-            return forward_cached(model, ids[p - 1:p], cache)
+            return model.forward_cached(ids[p - 1:p], cache, last_only=True)
         fns[p] = step
     t = time_alternating(fns, rounds=rounds, min_seconds=0.2)
     out = {"position": positions, "seconds_per_token": [t[p] for p in positions]}
@@ -148,50 +147,6 @@ def plot(results: dict, machine: dict) -> None:
     plt.close(fig)
 
 
-def next_char_counts(context: str = "th") -> dict[str, int]:
-    """How often each character follows `context` in Tiny Shakespeare."""
-    text = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    counts: dict[str, int] = {}
-    start = text.find(context)
-    while start != -1:
-        nxt = text[start + len(context): start + len(context) + 1]
-        counts[nxt] = counts.get(nxt, 0) + 1
-        start = text.find(context, start + 1)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def sampling_example() -> dict:
-    """One real distribution and what each knob makes of it."""
-    counts = next_char_counts("th")
-    logits = np.log(np.array(list(counts.values()), dtype=np.float64))
-    knobs = {"as counted (T = 1)": {}, "temperature 0.5": {"temperature": 0.5},
-             "temperature 2": {"temperature": 2.0}, "top-k 3": {"top_k": 3},
-             "top-p 0.9": {"top_p": 0.9}}
-    return {"context": "th", "chars": list(counts), "counts": list(counts.values()),
-            "probs": {name: next_token_probs(logits, **{"temperature": 1.0, **kw})
-                      .tolist() for name, kw in knobs.items()}}
-
-
-def plot_sampling(example: dict, shown: int = 12) -> None:
-    plt = pyplot()
-    labels = [repr(c)[1:-1] if c.strip() else repr(c) for c in example["chars"]]
-    names = list(example["probs"])
-    fig, axes = plt.subplots(1, len(names), figsize=(12, 3.2), sharey=True)
-    for ax, name in zip(axes, names, strict=True):
-        probs = example["probs"][name][:shown]
-        ax.bar(range(len(probs)), probs, color="#3f51b5")
-        ax.set_xticks(range(len(probs)), labels[:shown], fontsize=7)
-        ax.set_title(name, fontsize=9)
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].set_ylabel("probability")
-    fig.suptitle(f"Next character after {example['context']!r} in Tiny Shakespeare "
-                 f"({sum(example['counts'])} occurrences), reshaped by each knob",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(chart_path("sampling-knobs"), format="svg", metadata={"Date": None})
-    plt.close(fig)
-
-
 def run(quick: bool = False) -> dict:
     small = random_gpt(SMALL)
     positions = [16, 64, 128] if quick else [16, 64, 128, 256, 512, 768, 1024]
@@ -206,11 +161,9 @@ def run(quick: bool = False) -> dict:
     steps = results["small_steps"]
     results["small_step_speedup"] = [
         u / c for u, c in zip(steps["uncached"], steps["cached"], strict=True)]
-    results["sampling"] = sampling_example()
     path = save_results("kvcache", results, command="python -m benchmarks kvcache")
     machine = load_results("kvcache")["machine"]
     plot(results, machine)
-    plot_sampling(results["sampling"])
     print(f"[kvcache] saved {path}")
     return results
 

@@ -19,27 +19,32 @@ __version__ = "0.1.0"
 
 # The small model that ships with the book (appendix: Training the demo model).
 DEMO_MODEL = Path(__file__).resolve().parent / "demo"
+# The small LLaMA-style model of chapter 22 (SentencePiece-style tokenizer.json).
+DEMO_LLAMA = Path(__file__).resolve().parent / "demo_llama"
 
 # public name -> the module that defines it
 _EXPORTS = {
     "Tensor": "minigpt.tensor",
-    "load_tokenizer": "minigpt.tokenizer",
+    "load_tokenizer": "minigpt.models",
     "read_safetensors": "minigpt.weights",
     "WeightsError": "minigpt.weights",
-    "load_model": "minigpt.model",
+    "load_model": "minigpt.models",
+    "LanguageModel": "minigpt.generate",
+    "blas_threads": "minigpt.bench",
     "load_llama": "minigpt.llama",
     "machine_info": "minigpt.info",
+    "quantize_model": "minigpt.quantize",
 }
 
-# `generate` is both a submodule and the function it defines. Importing the
-# function here, once, makes `minigpt.generate` the function for good: a later
-# `import minigpt.generate` finds the module in sys.modules and leaves it be.
-from minigpt.generate import generate  # noqa: E402
-
-__all__ = ["__version__", "DEMO_MODEL", "generate", *_EXPORTS]
+__all__ = ["__version__", "DEMO_MODEL", "DEMO_LLAMA", "generate", *_EXPORTS]
 
 
+# --8<-- [start:lazy-exports]
 def __getattr__(name: str) -> Any:
+    """minigpt.NAME, imported on first use (PEP 562): `import minigpt` stays fast."""
+    if name == "generate":  # the module, which is callable as its function
+        return importlib.import_module("minigpt.generate")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'minigpt' has no attribute {name!r}")
+# --8<-- [end:lazy-exports]

@@ -1,7 +1,8 @@
 """The command line: `python -m minigpt COMMAND ...`.
 
-Commands: `info` (the machine), `generate` (stream text from a checkpoint), and
-`download` (fetch GPT-2 124M from the Hugging Face hub). A bad argument or a bad
+Commands: `info` (the machine), `generate` (stream text from a checkpoint),
+`download` (fetch GPT-2, SmolLM2 or TinyLlama from the Hugging Face hub), and `chat`
+(talk with an instruct model, through its chat template). A bad argument or a bad
 checkpoint ends with one line on stderr and exit code 2, never a traceback.
 """
 
@@ -16,6 +17,13 @@ from minigpt import DEMO_MODEL
 
 # the bundled demo model, once a later chapter ships it; until then --model is needed
 DEFAULT_MODEL = DEMO_MODEL
+# what `download NAME` accepts (minigpt.download.MODELS, kept in step by a test)
+DOWNLOADS = ["gpt2", "gpt2-medium", "smollm2-135m", "smollm2-135m-instruct",
+             "tinyllama-1.1b-chat"]
+
+# one BLAS thread: on a busy machine two threads made decoding several times
+# slower, and one loses little on a quiet one (chapter 21 measures both)
+DEFAULT_THREADS = 1
 
 
 # --8<-- [start:cli-checks]
@@ -41,7 +49,6 @@ def temperature(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
-# --8<-- [end:cli-checks]
 
 
 def probability(text: str) -> float:
@@ -50,9 +57,12 @@ def probability(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+# --8<-- [end:cli-checks]
 
 
+# --8<-- [start:cli-parser]
 def build_parser() -> argparse.ArgumentParser:
+    """The commands and their options; argparse checks each value on the way in."""
     parser = argparse.ArgumentParser(
         prog="python -m minigpt", description="A transformer inference engine in NumPy."
     )
@@ -72,40 +82,126 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=probability, default=None, metavar="P")
     gen.add_argument("--seed", type=int, default=None, metavar="S",
                      help="the same seed gives the same text")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="end the text before TEXT (repeatable); the model's "
+                          "end-of-text token always ends it")
+    gen.add_argument("--threads", type=count, default=DEFAULT_THREADS, metavar="N",
+                     help=f"BLAS threads (default {DEFAULT_THREADS}, measured in "
+                          f"chapter 21; 0 leaves the BLAS library's choice)")
+    gen.add_argument("--quantize", choices=["q8_0", "int8"], default=None,
+                     help="int8 weights (chapter 23): q8_0 in groups of 32, "
+                          "int8 one scale per row")
+    quant = commands.add_parser("quantize", help="write an int8 copy of a checkpoint")
+    quant.add_argument("src", type=Path, help="checkpoint folder to read")
+    quant.add_argument("out", type=Path, help="folder to write")
+    quant.add_argument("--scheme", choices=["q8_0", "int8"], default="q8_0",
+                       help="q8_0: a scale per 32 weights (default); int8: per row")
     down = commands.add_parser("download", help="fetch a model from the Hugging "
                                "Face hub (needs internet)")
-    down.add_argument("name", choices=["gpt2"], help="gpt2 is GPT-2 124M")
+    down.add_argument("name", choices=DOWNLOADS, help="gpt2 is GPT-2 124M, "
+                      "gpt2-medium 355M; the others are LLaMA-style (chapter 22)")
     down.add_argument("--dir", type=Path, default=None,
                       help="where to put it (default: ./NAME)")
+    add_chat_parser(commands)
     return parser
+# --8<-- [end:cli-parser]
+
+
+# --8<-- [start:cli-chat]
+def add_chat_parser(commands: argparse._SubParsersAction) -> None:
+    """`chat`: its own subcommand, for instruct models with a chat template."""
+    talk = commands.add_parser("chat", help="talk with an instruct model "
+                               "(empty line or Ctrl-D ends)")
+    talk.add_argument("--model", type=Path, required=True,
+                      help="an instruct checkpoint, e.g. from `download "
+                           "smollm2-135m-instruct`")
+    talk.add_argument("--system", default=None, metavar="TEXT",
+                      help="a system message that opens the conversation")
+    talk.add_argument("--max-new-tokens", type=count, default=256, metavar="N")
+    talk.add_argument("--temperature", type=temperature, default=0.7, metavar="T")
+    talk.add_argument("--top-p", type=probability, default=0.9, metavar="P")
+    talk.add_argument("--seed", type=int, default=None, metavar="S")
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    """Load an instruct model, then answer each line typed until an empty one."""
+    from minigpt.chat import chat_loop, read_chat_config
+    from minigpt.models import load_model, load_tokenizer
+
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: no such directory")
+    config = read_chat_config(args.model)  # first: no template, no loading
+    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    chat_loop(model, tokenizer, config, system=args.system,
+              max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+              top_p=args.top_p, seed=args.seed)
+# --8<-- [end:cli-chat]
 
 
 # --8<-- [start:cli-generate]
 def run_generate(args: argparse.Namespace) -> None:
     """Load the model and tokenizer, then print the text as it is generated."""
-    from minigpt.generate import generate, stream_text
-    from minigpt.model import load_model
-    from minigpt.tokenizer import load_tokenizer
+    from minigpt.bench import blas_threads
+    from minigpt.generate import generate, stop_text, stream_text
+    from minigpt.models import load_tokenizer
 
     if args.model is None:
         raise ValueError("no model: pass --model DIR (a checkpoint folder; "
                          "`python -m minigpt download gpt2` fetches one)")
     if not args.model.is_dir():
         raise ValueError(f"--model {args.model}: no such directory")
-    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    model, tokenizer = open_model(args), load_tokenizer(args.model)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty: give some text to continue")
+    # generate() ends at the model's end-of-text ids; --stop ends at text
     ids = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     sys.stdout.write(args.prompt)
-    for piece in stream_text(tokenizer, ids):
-        sys.stdout.write(piece)
-        sys.stdout.flush()  # show each piece as soon as it exists
+    with blas_threads(args.threads or None):  # the work happens in this loop
+        for piece in stop_text(stream_text(tokenizer, ids), args.stop):
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # show each piece as soon as it exists
     sys.stdout.write("\n")
 # --8<-- [end:cli-generate]
 
 
+# --8<-- [start:cli-quantize]
+def open_model(args: argparse.Namespace):
+    """--model's model, quantised if it was saved so or --quantize asks for it."""
+    from minigpt.models import load_model, saved_scheme
+
+    saved = saved_scheme(args.model)  # None for a float checkpoint
+    if not (args.quantize or saved):
+        return load_model(args.model)  # no numba to import: a faster start
+    from minigpt.quantize import load_quantized, quantize_model, set_kernel_threads
+
+    if args.quantize and saved and args.quantize != saved:
+        raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
+                         f"weights already")
+    # the int8 kernels take the threads; BLAS keeps one, so the pools never compete
+    set_kernel_threads(args.threads or None)
+    args.threads = 1
+    if saved:
+        return load_quantized(args.model)
+    return quantize_model(load_model(args.model), args.quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> None:
+    """Write an int8 copy of a checkpoint folder (chapter 23)."""
+    from minigpt.quantize import quantize_checkpoint
+
+    if not args.src.is_dir():
+        raise ValueError(f"{args.src}: no such directory")
+    out = quantize_checkpoint(args.src, args.out, args.scheme)
+    sizes = [(f / "model.safetensors").stat().st_size / 1e6 for f in (args.src, out)]
+    print(f"saved {args.scheme} to {out}: {sizes[1]:.0f} MB of weights, from "
+          f"{sizes[0]:.0f} MB; try: python -m minigpt generate --model {out} "
+          f'"Hello"')
+# --8<-- [end:cli-quantize]
+
+
+# --8<-- [start:cli-main]
 def run_download(args: argparse.Namespace) -> None:
     from minigpt.download import download_model
 
@@ -123,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         print(describe())
         return 0
     try:
-        run_generate(args) if args.command == "generate" else run_download(args)
+        commands = {"generate": run_generate, "download": run_download,
+                    "quantize": run_quantize, "chat": run_chat}
+        commands[args.command](args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -135,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
     return 0
+# --8<-- [end:cli-main]
 
 
 if __name__ == "__main__":

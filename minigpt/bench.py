@@ -1,20 +1,21 @@
-"""Profiling and speed: stage timers, memory bandwidth, the roofline, a lean decoder.
+"""Profiling and speed: stage timers, memory bandwidth, the roofline, BLAS threads.
 
-Implements what chapter 21 measures and teaches: a small per-stage timer for one
-generated token; the machine's memory bandwidth, measured with the same kind of
-BLAS matrix-vector product that decoding runs; the roofline arithmetic (a token
-must read every weight once, so bandwidth / bytes per token is a ceiling on
-tokens per second); and a greedy decoder tuned for that ceiling: buffers
-allocated once and filled with `out=`, float32 everywhere, the memory-mapped
-weights read in place, an output head that scores only the position it needs,
-and a prefill whose attention scales, masks and normalises in place. It follows
-the roofline model of Williams, Waterman and Patterson (2009), and shares the
-cache of `minigpt.kvcache`.
+Implements what chapter 21 measures and teaches beyond the engine itself: a
+small per-stage timer for one generated token of the engine's own code; the
+machine's memory bandwidth, measured with the same kind of BLAS matrix-vector
+product that decoding runs; the roofline arithmetic (a token must read every
+weight once, so bandwidth / bytes per token is a ceiling on tokens per second),
+with a race that times decode steps and a memory stream in turns; and control of
+the BLAS library's threads through threadpoolctl. It follows the roofline model
+of Williams, Waterman and Patterson (2009).
 
-Leaves out on purpose: sampling other than greedy (the fast path is what the
-benchmarks time; `minigpt.generate` stays the general loop), sliding the window
-past n_ctx (the fast path raises instead), quantised weights and threads of our
-own (the BLAS library brings its threads).
+What chapter 21 found to be faster is in the engine, not here: the prefill
+computes the output head for its last position only (`last_only` in
+`minigpt.kvcache`), sampling never sorts the whole vocabulary, and the command
+line runs one BLAS thread unless told otherwise.
+
+Leaves out on purpose: threads of our own, quantised weights (chapter 23), and
+hand-fused kernels (the BLAS library does the heavy lifting).
 """
 
 from __future__ import annotations
@@ -24,26 +25,22 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from minigpt.attention import merge_heads, split_heads
-from minigpt.kvcache import KVCache, forward_cached, mha_cached
-from minigpt.layers import ffn, layer_norm, linear
-from minigpt.model import GPT, check_ids
+from minigpt import kvcache
+from minigpt.kvcache import CachedGPT
 from minigpt.weights import GPTConfig, gpt2_names
 
 __all__ = [
-    "DecodeBuffers", "StageTimer", "attend_chunk", "attend_one", "block_chunk",
-    "bytes_per_token", "decode_ceiling", "decode_step", "float64_arrays",
-    "forward_flops", "gelu_tanh_inplace", "generate_fast", "layer_norm_into",
-    "linear_into",
-    "measure_bandwidth", "param_arrays", "peak_rss_bytes", "prefill",
-    "profile_token", "race_to_roofline", "save_random_gpt2", "weight_bytes",
+    "StageTimer", "blas_threads", "bytes_per_token", "decode_ceiling",
+    "float64_arrays", "forward_flops", "measure_bandwidth", "param_arrays",
+    "peak_rss_bytes", "profile_token", "race_to_roofline", "save_random_gpt2",
+    "time_in_turns", "weight_bytes",
 ]
 
 
@@ -70,28 +67,35 @@ class StageTimer:
         return {stage: self.seconds[stage] / total for stage in order}
 
 
-def profile_token(model: GPT, token: int, cache: KVCache,
+# the functions one step of the engine spends its time in -> the stage they are
+STAGES = {"layer_norm": "layer norms", "mha_cached": "attention (qkv, scores, proj)",
+          "ffn": "feed-forward (MLP)"}
+
+
+def profile_token(model: CachedGPT, token: int, cache: kvcache.KVCache,
                   timer: StageTimer) -> np.ndarray:
-    """One decode step of chapter 20's code, each stage timed. -> logits (V,)"""
-    p, cfg = model.params, model.config
-    eps, pos = cfg.layer_norm_epsilon, cache.length
-    with timer("embedding"):
-        x = p["wte"][[token]] + p["wpe"][pos:pos + 1]  # [1, C]
-    for layer, blk in enumerate(p["blocks"]):
-        with timer("layer norms"):
-            h = layer_norm(x, **blk["ln_1"], eps=eps)
-        with timer("attention (qkv, scores, proj)"):
-            x = x + mha_cached(h, **blk["attn"], n_head=cfg.n_head, cache=cache,
-                               layer=layer)  # writes row pos of this layer
-        with timer("layer norms"):
-            h = layer_norm(x, **blk["ln_2"], eps=eps)
-        with timer("feed-forward (MLP)"):
-            x = x + ffn(h, **blk["mlp"])
-    cache.length = pos + 1
-    with timer("layer norms"):
-        x = layer_norm(x, **p["ln_f"], eps=eps)
-    with timer("output head (logits)"):
-        return (x @ p["wte"].T)[0]  # [1, C] @ [C, V] -> [V]
+    """One decode step of the engine's own code, its stages timed. -> logits (V,)"""
+    original = {name: getattr(kvcache, name) for name in STAGES}
+
+    def timed(name: str) -> Callable:
+        def run(*args: object, **kwargs: object) -> np.ndarray:
+            with timer(STAGES[name]):
+                return original[name](*args, **kwargs)
+        return run
+
+    before = sum(timer.seconds.values())
+    start = time.perf_counter()
+    try:  # the engine's forward calls these by name: wrap them for one step
+        for name in STAGES:
+            setattr(kvcache, name, timed(name))
+        logits = model.forward_cached(np.array([token]), cache, last_only=True)
+    finally:
+        for name, fn in original.items():
+            setattr(kvcache, name, fn)
+    inside = sum(timer.seconds.values()) - before  # the three stages' share
+    timer.seconds["embedding + output head"] += time.perf_counter() - start - inside
+    timer.calls["embedding + output head"] += 1
+    return logits[0]
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> dict[str, float]:
@@ -117,40 +121,55 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> dict[str, float
     return best
 
 
-def race_to_roofline(model: GPT, position: int = 80, rounds: int = 15) -> dict:
+def race_to_roofline(model: CachedGPT, position: int = 80, rounds: int = 15) -> dict:
     """Decode steps and a memory stream, timed in turns: how near the roofline?
 
     The machine's load changes from second to second, so the bandwidth that sets
     the ceiling is measured in the same rounds as the steps it is compared with.
     """
     cfg = model.config
-    cache, buf = KVCache.empty(cfg), DecodeBuffers.empty(cfg)
-    prefill(model, np.zeros(position, np.int64), cache)
+    cache = model.empty_cache()
+    model.forward_cached(np.zeros(position, np.int64), cache, last_only=True)
     a = np.ones((2**16, 1024), np.float32)  # 256 MB, every page written
     ones = np.ones(1024, np.float32)
 
-    def lean() -> None:
+    def step() -> None:
         cache.length = position  # the same step again: overwrite row `position`
-        decode_step(model, 1, cache, buf)
+        model.forward_cached(np.array([1]), cache, last_only=True)
 
-    def chapter_20() -> None:
-        cache.length = position
-        forward_cached(model, np.array([1]), cache)
+    median = time_in_turns({"stream": lambda: a @ ones, "minigpt": step}, rounds)
+    gb_s = a.nbytes / median.pop("stream") / 1e9
+    read = bytes_per_token(cfg, weight_bytes(model.params), position)
+    return {"position": position, "rounds": rounds, "bandwidth_gb_s": gb_s,
+            "ceiling_tok_s": decode_ceiling(read, gb_s),
+            "tok_s": {name: 1 / t for name, t in median.items()}}
 
-    fns = {"stream": lambda: a @ ones, "minigpt (lean)": lean,
-           "minigpt (cache)": chapter_20}
+
+def time_in_turns(fns: dict[str, Callable[[], object]],
+                  rounds: int) -> dict[str, float]:
+    """Median seconds of each function, the functions taking turns every round."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    median = {name: float(np.median(t)) for name, t in times.items()}
-    gb_s = a.nbytes / median.pop("stream") / 1e9
-    read = bytes_per_token(cfg, weight_bytes(model.params), position)
-    return {"position": position, "rounds": rounds, "bandwidth_gb_s": gb_s,
-            "ceiling_tok_s": decode_ceiling(read, gb_s),
-            "tok_s": {name: 1 / t for name, t in median.items()}}
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+@contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Run the block with n BLAS threads (None: leave the library's own choice).
+
+    Example: with blas_threads(1): tokens = list(generate(model, ids, 50))
+    """
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # imported when first needed
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 def param_arrays(params: dict | list) -> Iterator[np.ndarray]:
@@ -240,170 +259,3 @@ def save_random_gpt2(folder: str | Path, config: GPTConfig, std: float = 0.02,
                 x = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
             f.write(x.astype("<f4").tobytes())
     return folder
-
-
-# --- the lean decoder ----------------------------------------------------------
-
-@dataclass
-class DecodeBuffers:
-    """Every intermediate of one decode step, allocated once and reused."""
-
-    x: np.ndarray       # [C] the residual stream
-    h: np.ndarray       # [C] a normalised copy, or a sub-layer's output
-    qkv: np.ndarray     # [3C]
-    scores: np.ndarray  # [n_head * n_ctx] attention weights, n_head * L used
-    att: np.ndarray     # [n_head, 1, head_dim] attention output
-    fc: np.ndarray      # [4C] the MLP's hidden layer
-    logits: np.ndarray  # [V]
-
-    @classmethod
-    def empty(cls, config: GPTConfig) -> DecodeBuffers:
-        C, H = config.n_embd, config.n_head
-        def f(*shape: int) -> np.ndarray:
-            return np.empty(shape, np.float32)
-        return cls(f(C), f(C), f(3 * C), f(H * config.n_ctx), f(H, 1, C // H),
-                   f(4 * C), f(config.vocab_size))
-
-
-def layer_norm_into(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
-                    out: np.ndarray) -> np.ndarray:
-    """layer_norm of one vector, written into out. x: (C,) -> (C,)"""
-    # np.add.reduce is x.sum() without the Python wrapper; a float32 scalar
-    np.subtract(x, np.add.reduce(x) / x.size, out=out)
-    scale = 1 / np.sqrt(np.dot(out, out) / x.size + eps)
-    np.multiply(out, scale, out=out)
-    np.multiply(out, g, out=out)
-    return np.add(out, b, out=out)
-
-
-def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray,
-                out: np.ndarray) -> np.ndarray:
-    """x @ w + b into out. x: (C_in,), w: (C_in, C_out) -> (C_out,)"""
-    np.matmul(x, w, out=out)  # a matrix-vector product: reads w once
-    return np.add(out, b, out=out)
-
-
-def gelu_tanh_inplace(x: np.ndarray) -> np.ndarray:
-    """GELU (tanh form) overwriting x, no temporaries kept. x: (N,) -> (N,)"""
-    inner = x * x  # the one temporary: x^3 needs x kept
-    inner *= 0.044715
-    inner += 1
-    inner *= x
-    inner *= np.float32(np.sqrt(2 / np.pi))
-    np.tanh(inner, out=inner)
-    inner += 1
-    x *= inner
-    x *= 0.5
-    return x
-
-
-def attend_one(buf: DecodeBuffers, cache: KVCache, layer: int,
-               n_head: int) -> np.ndarray:
-    """Attention of the newest token to all cached ones. -> att (n_head, 1, hs)"""
-    C, L = buf.x.size, cache.length + 1
-    hs = C // n_head
-    q = buf.qkv[:C].reshape(n_head, hs, 1)
-    cache.k[layer, :, L - 1] = buf.qkv[C:2 * C].reshape(n_head, hs)  # row L-1
-    cache.v[layer, :, L - 1] = buf.qkv[2 * C:].reshape(n_head, hs)
-    # the first n_head * L floats of the buffer, as a contiguous [n_head, L]
-    scores = buf.scores[:n_head * L].reshape(n_head, L)
-    # [n_head, L, hs] @ [n_head, hs, 1] -> [n_head, L, 1]
-    np.matmul(cache.k[layer, :, :L], q, out=scores[:, :, None])
-    scores *= np.float32(1 / np.sqrt(hs))
-    scores -= np.maximum.reduce(scores, axis=1, keepdims=True)  # softmax, stable
-    np.exp(scores, out=scores)
-    scores /= np.add.reduce(scores, axis=1, keepdims=True)
-    # [n_head, 1, L] @ [n_head, L, hs] -> [n_head, 1, hs]
-    return np.matmul(scores[:, None, :], cache.v[layer, :, :L], out=buf.att)
-
-
-def decode_step(model: GPT, token: int, cache: KVCache,
-                buf: DecodeBuffers) -> np.ndarray:
-    """Logits after one more token, every array reused. -> buf.logits (V,)"""
-    p, cfg = model.params, model.config
-    eps, pos = cfg.layer_norm_epsilon, cache.length
-    if pos >= cfg.n_ctx:
-        raise ValueError(f"the cache is full: n_ctx={cfg.n_ctx} tokens")
-    x, h = buf.x, buf.h
-    np.add(p["wte"][token], p["wpe"][pos], out=x)  # [C]
-    for layer, blk in enumerate(p["blocks"]):
-        # attention: normalise, project to q, k, v, attend, project back
-        layer_norm_into(x, **blk["ln_1"], eps=eps, out=h)
-        linear_into(h, **blk["attn"]["c_attn"], out=buf.qkv)  # [C] -> [3C]
-        att = attend_one(buf, cache, layer, cfg.n_head).reshape(-1)  # [C]
-        x += linear_into(att, **blk["attn"]["c_proj"], out=h)
-        # feed-forward: normalise, expand 4x, GELU, project back
-        layer_norm_into(x, **blk["ln_2"], eps=eps, out=h)
-        gelu_tanh_inplace(linear_into(h, **blk["mlp"]["c_fc"], out=buf.fc))
-        x += linear_into(buf.fc, **blk["mlp"]["c_proj"], out=h)
-    cache.length = pos + 1
-    layer_norm_into(x, **p["ln_f"], eps=eps, out=h)
-    # the output head as [V, C] @ [C]: each row of wte is read once, in order
-    return np.matmul(p["wte"], h, out=buf.logits)
-
-
-def attend_chunk(q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                 start: int) -> np.ndarray:
-    """Causal attention of T new tokens after `start` cached ones, in place.
-
-    q: (H, T, hs), k, v: (H, start + T, hs) -> (H, T, hs)
-    """
-    T, S = q.shape[1], k.shape[1]
-    q = q * np.float32(1 / np.sqrt(q.shape[-1]))  # scale T*hs numbers, not T*S
-    scores = q @ k.swapaxes(-1, -2)  # [H, T, hs] @ [H, hs, S] -> [H, T, S]
-    # token t (at position start + t) sees keys 0..start + t: add -inf above that
-    hidden = ~np.tri(T, S, k=start, dtype=bool)  # [T, S]
-    scores += np.where(hidden, np.float32(-np.inf), np.float32(0))
-    scores -= scores.max(axis=-1, keepdims=True)  # softmax, in place
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores @ v  # [H, T, S] @ [H, S, hs] -> [H, T, hs]
-
-
-def block_chunk(x: np.ndarray, ln_1: dict, attn: dict, ln_2: dict, mlp: dict,
-                n_head: int, eps: float, cache: KVCache, layer: int) -> np.ndarray:
-    """block_cached with attend_chunk for the attention. x: (T, C) -> (T, C)"""
-    T, C = x.shape
-    start = cache.length
-    qkv = linear(layer_norm(x, **ln_1, eps=eps), **attn["c_attn"])  # [T, 3C]
-    q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
-    cache.k[layer, :, start:start + T] = k  # [n_head, T, hs]
-    cache.v[layer, :, start:start + T] = v
-    out = attend_chunk(q, cache.k[layer, :, :start + T],
-                       cache.v[layer, :, :start + T], start)
-    x = x + linear(merge_heads(out), **attn["c_proj"])  # [T, C]
-    return x + ffn(layer_norm(x, **ln_2, eps=eps), **mlp)
-
-
-def prefill(model: GPT, ids: np.ndarray, cache: KVCache) -> np.ndarray:
-    """Run the prompt into the cache; logits of its last token only. -> (V,)"""
-    ids = check_ids(ids, model.config)
-    p, cfg = model.params, model.config
-    start, end = cache.length, cache.length + len(ids)
-    if end > cfg.n_ctx:
-        raise ValueError(f"{end} tokens would pass the context of n_ctx={cfg.n_ctx}")
-    x = p["wte"][ids] + p["wpe"][start:end]  # [T] -> [T, C]
-    for layer, block in enumerate(p["blocks"]):
-        x = block_chunk(x, **block, n_head=cfg.n_head,
-                        eps=cfg.layer_norm_epsilon, cache=cache, layer=layer)
-    cache.length = end
-    # only the last position predicts the next token: [C] instead of [T, C]
-    h = layer_norm(x[-1], **p["ln_f"], eps=cfg.layer_norm_epsilon)
-    return p["wte"] @ h  # [V, C] @ [C] -> [V]
-
-
-def generate_fast(model: GPT, prompt_ids: Iterable[int],
-                  max_new_tokens: int) -> Iterator[int]:
-    """Greedy tokens, as generate(temperature=0.0), through the lean decoder."""
-    ids = np.array(list(prompt_ids), dtype=np.int64)
-    if len(ids) + max_new_tokens > model.config.n_ctx:
-        raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens pass "
-                         f"n_ctx={model.config.n_ctx}; the fast path does not slide")
-    cache = KVCache.empty(model.config)
-    buf = DecodeBuffers.empty(model.config)
-    logits = prefill(model, ids, cache)
-    for i in range(max_new_tokens):
-        token = int(np.argmax(logits))  # greedy: ties go to the lowest id
-        yield token
-        if i + 1 < max_new_tokens:  # no step for a token nobody will read
-            logits = decode_step(model, token, cache, buf)

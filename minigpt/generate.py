@@ -2,33 +2,80 @@
 
 Follows the sampling loop of GPT-2's released code and Hugging Face's
 `generate()`: greedy decoding here gives the same tokens as
-`GPT2LMHeadModel.generate(do_sample=False)`, which the tests check. With
-`use_cache=True` the loop runs the prompt once (prefill) and then one token per
-step through `minigpt.kvcache`; with `use_cache=False` it runs chapter 17's
-`forward` over the whole window at every step. Both give the same tokens.
+`GPT2LMHeadModel.generate(do_sample=False)`, which the tests check. The loop asks
+a model for no more than the small interface `LanguageModel` below, which GPT-2
+(`minigpt.kvcache.CachedGPT`) and LLaMA (`minigpt.llama.LlamaModel`) both offer.
+With `use_cache=True` it runs the prompt once (prefill) and then one token per
+step through the model's KV cache, computing the output head for the last
+position only; with `use_cache=False` it runs chapter 17's `forward` over the
+whole window at every step. Both give the same tokens.
 
-The context window: the model reads at most n_ctx tokens. When the text would
-become longer than that, the window drops its older half and keeps the newest
+The context window: the model reads at most n_ctx tokens. A prompt longer than
+that keeps its last n_ctx tokens. While generating, when the text would become
+longer than the window, the window drops its older half and keeps the newest
 n_ctx // 2 tokens (at least one), the cache is rebuilt from them, and generation
-goes on; llama.cpp's "context shift" works the same way. A prompt longer than
-n_ctx is cut the same way before the first step.
+goes on; llama.cpp's "context shift" works the same way.
 
-Left out on purpose: batches, beam search, stop strings (stop is token ids), and
-keeping a fixed prefix such as a system prompt when the window slides.
+Generation ends after max_new_tokens, or at a stop id: by default the
+checkpoint's end-of-text ids (`config.eos_token_ids`). `stop_text` ends streamed
+text before a stop string.
+
+Left out on purpose: batches, beam search, and keeping a fixed prefix such as a
+system prompt when the window slides.
 """
 
 from __future__ import annotations
 
 import codecs
+import sys
+import types
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import numpy as np
 
-from minigpt.kvcache import KVCache, forward_cached
-from minigpt.model import GPT, check_ids
+from minigpt.model import check_ids
 from minigpt.sampling import check_knobs, sample
 
-__all__ = ["generate", "stream_text", "window_start"]
+__all__ = ["LanguageModel", "ModelConfig", "Tokenizer", "generate", "stop_ids",
+           "stop_text", "stream_text", "window_start"]
+
+
+# --8<-- [start:language-model]
+class ModelConfig(Protocol):
+    """What generate() reads from a model's config."""
+
+    n_ctx: int                      # the longest sequence the model can read
+    vocab_size: int                 # ids run from 0 to vocab_size - 1
+    eos_token_ids: tuple[int, ...]  # ids that end a text (may be empty)
+
+
+class LanguageModel(Protocol):
+    """What generate() needs from a model: GPT-2 and LLaMA both provide it."""
+
+    config: ModelConfig
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for every position. ids: (T,) -> (T, vocab_size)"""
+        ...
+
+    def empty_cache(self) -> object:
+        """A fresh KV cache (chapter 20); generate() only hands it back."""
+        ...
+
+    def forward_cached(self, ids: np.ndarray, cache: object,
+                       last_only: bool = False) -> np.ndarray:
+        """Logits of new tokens after the cached ones. (T,) -> (T, V), or (1, V)"""
+        ...
+
+
+class Tokenizer(Protocol):
+    """What the command line needs from a tokenizer."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def decode_bytes(self, ids: list[int]) -> bytes: ...
+# --8<-- [end:language-model]
 
 
 # --8<-- [start:window-start]
@@ -41,23 +88,25 @@ def window_start(n_tokens: int, start: int, n_ctx: int) -> int:
 
 
 # --8<-- [start:generate]
-def generate(model: GPT, prompt_ids: Iterable[int], max_new_tokens: int,
+def generate(model: LanguageModel, prompt_ids: Iterable[int], max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None,
              use_cache: bool = True, stop: int | Iterable[int] | None = None
              ) -> Iterator[int]:
     """Yield up to max_new_tokens new token ids, one at a time.
 
+    stop: the ids that end the text (default: the model's end-of-text ids).
     Example:
         >>> ids = list(generate(model, [464, 3290], max_new_tokens=5))
     """
+    cfg = model.config
     ids = np.asarray(list(prompt_ids))
-    check_ids(ids[-model.config.n_ctx:], model.config)  # ints, in range, not empty
-    tokens = ids.tolist()
+    window = check_ids(ids[-cfg.n_ctx:], cfg.n_ctx, cfg.vocab_size)  # the last n_ctx
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_knobs(temperature, top_k, top_p)
-    stops = {stop} if isinstance(stop, int) else set(stop or ())
+    stops = stop_ids(stop, cfg.eos_token_ids)
+    tokens = window.tolist()
     next_logits = _cached_steps if use_cache else _uncached_steps
     return _loop(next_logits(model, tokens), tokens, max_new_tokens, stops,
                  dict(temperature=temperature, top_k=top_k, top_p=top_p,
@@ -65,7 +114,7 @@ def generate(model: GPT, prompt_ids: Iterable[int], max_new_tokens: int,
 
 
 def _loop(steps: Iterator[np.ndarray], tokens: list[int], max_new_tokens: int,
-          stops: set[int], knobs: dict) -> Iterator[int]:
+          stops: frozenset[int], knobs: dict) -> Iterator[int]:
     """Sample from each step's logits; the new token goes into the next step."""
     for _ in range(max_new_tokens):
         token = sample(next(steps), **knobs)  # the logits of the last position
@@ -76,8 +125,24 @@ def _loop(steps: Iterator[np.ndarray], tokens: list[int], max_new_tokens: int,
 # --8<-- [end:generate]
 
 
+# --8<-- [start:stop-ids]
+def stop_ids(stop: int | Iterable[int] | None,
+             default: tuple[int, ...]) -> frozenset[int]:
+    """The ids that end the text: stop (one id or several), or else default."""
+    if stop is None:
+        return frozenset(default)
+    items = [stop] if isinstance(stop, (int, np.integer)) else \
+        list(stop) if isinstance(stop, Iterable) else [stop]
+    for i in items:  # NumPy's integers count; True, 2.0 and "a" do not
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"stop must be a token id or ids (integers), "
+                            f"got {i!r}")
+    return frozenset(int(i) for i in items)
+# --8<-- [end:stop-ids]
+
+
 # --8<-- [start:uncached-steps]
-def _uncached_steps(model: GPT, tokens: list[int]) -> Iterator[np.ndarray]:
+def _uncached_steps(model: LanguageModel, tokens: list[int]) -> Iterator[np.ndarray]:
     """Next-token logits, recomputing the whole window every step."""
     start = 0
     while True:
@@ -88,36 +153,24 @@ def _uncached_steps(model: GPT, tokens: list[int]) -> Iterator[np.ndarray]:
 
 
 # --8<-- [start:cached-steps]
-def _cached_steps(model: GPT, tokens: list[int]) -> Iterator[np.ndarray]:
+def _cached_steps(model: LanguageModel, tokens: list[int]) -> Iterator[np.ndarray]:
     """Next-token logits: prefill the window once, then one new token a step."""
-    cache, start = _new_cache(model), 0
+    start, cache = 0, None
     while True:
         new_start = window_start(len(tokens), start, model.config.n_ctx)
-        if new_start != start or cache.length == 0:  # first step, or a slide
-            start = new_start
-            cache.reset()
-            logits = _forward_cached(model, np.array(tokens[start:]), cache)
-        else:  # only the token appended since the last step is new
-            logits = _forward_cached(model, np.array(tokens[-1:]), cache)
-        yield logits[-1]  # [V]
+        if cache is None or new_start != start:  # first step, or a slide
+            start, cache = new_start, model.empty_cache()
+            new = tokens[start:]  # the prefill: the whole window at once
+        else:
+            new = tokens[-1:]  # only the token appended since the last step
+        logits = model.forward_cached(np.array(new, dtype=np.int64), cache,
+                                      last_only=True)
+        yield logits[-1]  # [1, V] -> [V]
 # --8<-- [end:cached-steps]
 
 
-def _new_cache(model: GPT) -> KVCache:
-    """The model's own cache if it has one (LLaMA, chapter 22), else GPT-2's."""
-    return model.empty_cache() if hasattr(model, "empty_cache") else \
-        KVCache.empty(model.config)
-
-
-def _forward_cached(model: GPT, ids: np.ndarray, cache: KVCache) -> np.ndarray:
-    """The model's own cached forward if it has one, else GPT-2's."""
-    if hasattr(model, "forward_cached"):
-        return model.forward_cached(ids, cache)
-    return forward_cached(model, ids, cache)
-
-
 # --8<-- [start:stream-text]
-def stream_text(tokenizer, ids: Iterable[int]) -> Iterator[str]:
+def stream_text(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
     """Text pieces as the ids arrive, never splitting a UTF-8 character."""
     # the incremental decoder keeps the first bytes of an unfinished character
     # until the rest arrives, then returns the whole character
@@ -131,3 +184,37 @@ def stream_text(tokenizer, ids: Iterable[int]) -> Iterator[str]:
         yield tail
 # --8<-- [end:stream-text]
 
+
+# --8<-- [start:stop-text]
+def stop_text(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
+    """The text pieces up to (not including) the first stop string."""
+    stops = [s for s in stops if s]
+    keep = max((len(s) for s in stops), default=1) - 1  # a stop's start, maybe
+    held = ""  # text not shown yet: it might be the start of a stop string
+    for piece in pieces:
+        held += piece
+        found = [held.index(s) for s in stops if s in held]
+        if found:
+            if min(found):
+                yield held[:min(found)]
+            return  # the caller stops pulling: no more tokens are computed
+        if len(held) > keep:  # once shown, text cannot be taken back
+            yield held[:len(held) - keep]
+            held = held[len(held) - keep:]
+    if held:
+        yield held
+# --8<-- [end:stop-text]
+
+
+# --8<-- [start:callable-module]
+class _CallableModule(types.ModuleType):
+    """This module, callable as its main function: minigpt.generate(model, ...)."""
+
+    def __call__(self, *args: object, **kwargs: object) -> Iterator[int]:
+        return generate(*args, **kwargs)
+
+
+# `import minigpt.generate as g` gives this module, as Python users expect, and
+# `minigpt.generate(...)`, the same object, still generates
+sys.modules[__name__].__class__ = _CallableModule
+# --8<-- [end:callable-module]

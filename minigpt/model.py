@@ -2,17 +2,17 @@
 
 Implements GPT-2's forward pass over one sequence (Radford et al., 2019), with
 parameters named and laid out as Hugging Face's `GPT2LMHeadModel`, whose logits
-the tests reproduce. `load_model` reads a checkpoint folder (`config.json` +
-`model.safetensors`) through `minigpt.weights`.
+the tests reproduce. `load_gpt2` reads a checkpoint folder (`config.json` +
+`model.safetensors`) through `minigpt.weights`; `minigpt.models.load_model` picks
+the loader for any supported model type.
 
 Leaves out on purpose: batches (one sequence at a time), dropout and training,
-untied output heads, and caching between calls (the KV cache comes in chapter 20,
-beside `forward`, which stays as it is).
+untied output heads, and caching between calls (the KV cache of chapter 20 comes
+as `minigpt.kvcache.CachedGPT`, beside this `forward`, which stays as it is).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +20,9 @@ import numpy as np
 
 from minigpt.block import transformer_block
 from minigpt.layers import layer_norm
-from minigpt.weights import (
-    GPTConfig,
-    WeightsError,
-    gpt2_params,
-    read_config,
-    read_safetensors,
-)
+from minigpt.weights import GPTConfig, gpt2_params, read_config, read_safetensors
 
-__all__ = ["GPT", "GPTConfig", "check_ids", "gpt2_forward", "load_model"]
+__all__ = ["GPT", "GPTConfig", "check_ids", "gpt2_forward", "load_gpt2"]
 
 
 # --8<-- [start:gpt2-forward]
@@ -61,52 +55,36 @@ class GPT:
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         """Logits for a sequence of token ids. ids: (T,) -> (T, vocab_size)"""
-        ids = check_ids(ids, self.config)
+        ids = check_ids(ids, self.config.n_ctx, self.config.vocab_size)
         return gpt2_forward(ids, **self.params, n_head=self.config.n_head,
                             eps=self.config.layer_norm_epsilon)
 # --8<-- [end:gpt-model]
 
 
 # --8<-- [start:check-ids]
-def check_ids(ids: np.ndarray, config: GPTConfig) -> np.ndarray:
-    """Refuse what the model cannot read: empty, too long, unknown ids, non-ints."""
+def check_ids(ids: np.ndarray, n_ctx: int, vocab_size: int) -> np.ndarray:
+    """Refuse what a model cannot read: empty, too long, unknown ids, non-ints."""
     ids = np.asarray(ids)
     if ids.ndim != 1 or not (ids.dtype.kind in "iu" or ids.size == 0):
         raise ValueError(f"ids must be a 1-D array of integers, got shape "
                          f"{ids.shape} of {ids.dtype}")
     if ids.size == 0:
         raise ValueError("ids is empty: the model needs at least one token")
-    if ids.size > config.n_ctx:
+    if ids.size > n_ctx:
         raise ValueError(f"{ids.size} tokens is more than the context of "
-                         f"n_ctx={config.n_ctx}")
-    bad = ids[(ids < 0) | (ids >= config.vocab_size)]
+                         f"n_ctx={n_ctx}")
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
     if bad.size:
-        raise ValueError(f"token ids out of range [0, {config.vocab_size}): "
+        raise ValueError(f"token ids out of range [0, {vocab_size}): "
                          f"{bad[:5].tolist()}")
     return ids
 # --8<-- [end:check-ids]
 
 
 # --8<-- [start:load-model]
-def model_type(path: Path) -> object:
-    """config.json's model_type; None if unreadable (read_config then says why)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError):
-        return None
-
-
-def load_model(path: str | Path) -> GPT:
-    """A model from a checkpoint folder holding config.json and model.safetensors."""
+def load_gpt2(path: str | Path) -> GPT:
+    """A GPT-2 from a checkpoint folder holding config.json and model.safetensors."""
     folder = Path(path)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise WeightsError(f"{folder}: no {name} (a checkpoint folder has "
-                               f"config.json and model.safetensors)")
-    if model_type(folder / "config.json") == "llama":
-        from minigpt.llama import load_llama  # chapter 22, imported on demand
-
-        return load_llama(folder)
     config = read_config(folder / "config.json")
     tensors = read_safetensors(folder / "model.safetensors")
     params = gpt2_params(tensors, config, source=str(folder / "model.safetensors"))

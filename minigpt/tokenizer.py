@@ -7,8 +7,13 @@ pre-tokenisation pattern and merges loaded from `encoder.json` + `vocab.bpe`
 GPT-2's `encoder.py` (Radford et al., 2019) and matches tiktoken's `gpt2` encoding
 token for token.
 
-Leaves out on purpose: special tokens inside text (`"<|endoftext|>"` in a string is
-encoded as ordinary text, like tiktoken's `encode_ordinary`), any third-party regex
+Special tokens (`<|endoftext|>`) become their single id only where the caller
+allows them (`encode(text, allowed_special={"<|endoftext|>"})`, as in tiktoken);
+elsewhere they are ordinary text. The Unicode letter and number classes ship
+precomputed in `unicode_classes.json`, for a fast start.
+
+Leaves out on purpose: raising on special tokens found in text (tiktoken's
+default; here they are simply read as text unless allowed), any third-party regex
 module (the letter and number classes are built from `unicodedata`, so characters
 newer than Python's Unicode tables may split differently), and speed tricks beyond
 a per-chunk cache: `bpe` rescans its chunk after every merge, so a chunk of n bytes
@@ -23,6 +28,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 
@@ -80,8 +86,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 # --8<-- [start:unicode-classes]
-def char_class(prefixes: str) -> str:
-    """A regex class of the code points whose category starts with prefixes."""
+def category_ranges(prefixes: str) -> list[tuple[int, int]]:
+    """Runs of code points whose Unicode category starts with one of prefixes."""
     ranges, start = [], None
     for cp in range(0x110000):
         inside = unicodedata.category(chr(cp))[0] in prefixes
@@ -90,9 +96,42 @@ def char_class(prefixes: str) -> str:
         elif not inside and start is not None:
             ranges.append((start, cp - 1))
             start = None
+    return ranges
+
+
+def char_class(ranges: list[tuple[int, int]]) -> str:
+    """The inside of a regex [...] class matching exactly these code points."""
     return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "")
                    for a, b in ranges)
 # --8<-- [end:unicode-classes]
+
+
+# category_ranges walks 1.1 million code points, most of a second: too slow to
+# make a user wait for at every start. The result ships with the package, with
+# the Unicode version it was computed from, and is recomputed only if the running
+# Python knows another version.
+CLASSES_FILE = Path(__file__).with_name("unicode_classes.json")
+
+
+# --8<-- [start:unicode-table]
+@functools.cache
+def letters_and_numbers() -> tuple[list, list]:
+    """The ranges of \\p{L} and \\p{N} for this Python's Unicode version."""
+    try:
+        table = json.loads(CLASSES_FILE.read_text(encoding="utf-8"))
+        if table["unicode"] == unicodedata.unidata_version:
+            return table["L"], table["N"]
+    except (OSError, ValueError, KeyError):
+        pass  # no table, or a broken one: compute
+    return category_ranges("L"), category_ranges("N")
+
+
+def save_unicode_table(path: Path = CLASSES_FILE) -> None:
+    """Write the table that letters_and_numbers reads (run once per Unicode)."""
+    table = {"unicode": unicodedata.unidata_version,
+             "L": category_ranges("L"), "N": category_ranges("N")}
+    path.write_text(json.dumps(table, separators=(",", ":")), encoding="utf-8")
+# --8<-- [end:unicode-table]
 
 
 # --8<-- [start:gpt2-pattern]
@@ -103,7 +142,7 @@ SPACE = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 @functools.cache
 def gpt2_pattern() -> re.Pattern:
     """GPT-2's pre-tokenisation regex, with \\p{L} and \\p{N} spelled out for `re`."""
-    letter, number = char_class("L"), char_class("N")
+    letter, number = (char_class(r) for r in letters_and_numbers())
     return re.compile(
         r"'s|'t|'re|'ve|'m|'ll|'d"        # common English contractions
         rf"| ?[{letter}]+"                  # a word, with its leading space
@@ -196,16 +235,37 @@ class ByteBPE:
         'aaab'
     """
 
-    def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]]):
+    def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
+                 special: dict[str, int] | None = None):
         self.vocab, self.merges = vocab, merges         # id -> bytes; in rank order
+        self.special = special or {}                    # "<|endoftext|>" -> id
         ids = {b: i for i, b in vocab.items()}          # bytes -> id
         self.byte_ids = [ids[bytes([b])] for b in range(256)]
         self.ranks = {(ids[a], ids[b]): (rank, ids[a + b])  # (id, id) -> (rank, id)
                       for rank, (a, b) in enumerate(merges)}
         self.cache: dict[str, list[int]] = {}           # chunk -> ids, seen before
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> token ids."""
+    def encode(self, text: str, allowed_special: Iterable[str] = ()) -> list[int]:
+        """Text -> token ids; the special tokens in allowed_special become one id.
+
+        Anywhere else "<|endoftext|>" is ordinary text (as in tiktoken), so a
+        prompt can never end a document by accident. "all" allows every one.
+        """
+        allowed = self.special if allowed_special == "all" else allowed_special
+        unknown = set(allowed) - self.special.keys()
+        if unknown:
+            raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+        if not allowed:
+            return self.encode_ordinary(text)
+        by_length = sorted(allowed, key=len, reverse=True)  # longest match first
+        parts = re.split(f"({'|'.join(map(re.escape, by_length))})", text)
+        out: list[int] = []
+        for i, part in enumerate(parts):  # the odd parts are special tokens
+            out.extend([self.special[part]] if i % 2 else self.encode_ordinary(part))
+        return out
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> token ids, special tokens read as plain text."""
         out: list[int] = []
         for chunk in gpt2_pattern().findall(valid_unicode(text)):
             if chunk not in self.cache:
@@ -273,5 +333,9 @@ def load_tokenizer(path: str | Path) -> ByteBPE:
     lines = (folder / merges_name).read_text(encoding="utf-8").splitlines()
     merges = [tuple(to_bytes(t) for t in line.split(" "))
               for line in lines if line and not line.startswith("#version")]
-    return ByteBPE(vocab, merges)
+    # a token that is neither a byte nor made by a merge is special: <|endoftext|>
+    made = {a + b for a, b in merges}
+    special = {tok: i for tok, i in table.items()
+               if len(vocab[i]) > 1 and vocab[i] not in made}
+    return ByteBPE(vocab, merges, special)
 # --8<-- [end:load-tokenizer]

@@ -108,9 +108,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file; F32 ones are read-only views of the file."""
     path = Path(path)
     header, start = read_header(path)
-    metadata = header.pop("__metadata__", {})  # free-form strings, not a tensor
-    if not isinstance(metadata, dict):
-        raise WeightsError(f"{path}: __metadata__ is not a JSON object")
+    check_metadata(path, header.pop("__metadata__", {}))  # strings, not a tensor
     data_size = path.stat().st_size - start
     entries = {}
     for name, entry in header.items():
@@ -118,7 +116,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             entries[name] = check_entry(entry, data_size)
         except ValueError as exc:
             raise WeightsError(f"{path}: tensor {name!r}: {exc}") from None
-    check_overlaps(path, entries)
+    check_layout(path, entries, data_size)
     # an empty mapping is an error for mmap, so only map when there is data
     data = (np.memmap(path, np.uint8, mode="r", offset=start) if data_size
             else np.zeros(0, np.uint8))
@@ -135,16 +133,33 @@ def to_array(raw: np.ndarray, dtype: str, shape: list[int]) -> np.ndarray:
 # --8<-- [end:read-safetensors]
 
 
-# --8<-- [start:check-overlaps]
-def check_overlaps(path: Path, entries: dict[str, tuple]) -> None:
-    """No two tensors may share a byte (empty tensors take no room)."""
-    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items()
-                   if end > begin)
-    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:], strict=False):
-        if begin_b < end_a:
-            raise WeightsError(f"{path}: tensor {b!r}: its data overlaps "
-                               f"tensor {a!r} (bytes {begin_b} < {end_a})")
-# --8<-- [end:check-overlaps]
+# --8<-- [start:check-layout]
+def check_layout(path: Path, entries: dict[str, tuple], data_size: int) -> None:
+    """The tensors tile the data exactly: no shared byte, no hole, nothing after."""
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
+    at, previous = 0, None  # where the next tensor must begin, and who ended there
+    for begin, end, name in spans:
+        if begin < at:
+            raise WeightsError(f"{path}: tensor {name!r}: its data overlaps "
+                               f"tensor {previous!r} (bytes {begin} < {at})")
+        if begin > at:
+            raise WeightsError(f"{path}: tensor {name!r}: bytes {at}..{begin} "
+                               f"before it belong to no tensor (a hole)")
+        at, previous = end, name
+    if at != data_size:
+        raise WeightsError(f"{path}: {data_size - at} bytes after the last "
+                           f"tensor {previous!r} belong to no tensor")
+
+
+def check_metadata(path: Path, metadata: object) -> None:
+    """__metadata__ maps strings to strings, as the safetensors format says."""
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"{path}: __metadata__ is not a JSON object")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise WeightsError(f"{path}: __metadata__[{key!r}] is a JSON "
+                               f"{type(value).__name__}, not a string")
+# --8<-- [end:check-layout]
 
 
 # --8<-- [start:gpt-config]
@@ -158,6 +173,7 @@ class GPTConfig:
     n_layer: int = 12                 # number of transformer blocks
     n_head: int = 12                  # attention heads per block; n_embd % n_head == 0
     layer_norm_epsilon: float = 1e-5  # added to the variance in every layer norm
+    eos_token_ids: tuple[int, ...] = ()  # ids that end a text; () if none is named
 # --8<-- [end:gpt-config]
 
 
@@ -182,7 +198,8 @@ def read_config(path: str | Path) -> GPTConfig:
                            n_ctx=raw.get("n_positions", raw.get("n_ctx", 1024)),
                            n_embd=raw["n_embd"], n_layer=raw["n_layer"],
                            n_head=raw["n_head"],
-                           layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5))
+                           layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
+                           eos_token_ids=read_eos_ids(path, raw))
     except KeyError as exc:
         raise WeightsError(f"{path}: required field {exc} is missing") from None
     if config.n_embd % config.n_head:
@@ -190,6 +207,21 @@ def read_config(path: str | Path) -> GPTConfig:
                            f"of n_head {config.n_head}")
     return config
 # --8<-- [end:read-config]
+
+
+# --8<-- [start:read-eos-ids]
+def read_eos_ids(path: str | Path, raw: dict) -> tuple[int, ...]:
+    """The end-of-text ids: generation_config.json's if present, else config.json's."""
+    generation = Path(path).with_name("generation_config.json")
+    if generation.is_file():
+        raw = {**raw, **read_json(generation)}  # the checkpoint's own choice wins
+    eos = raw.get("eos_token_id")
+    ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if not all(is_int(i) and i >= 0 for i in ids):
+        raise WeightsError(f"{path}: eos_token_id {eos!r} is not an id or a list "
+                           f"of ids")
+    return tuple(ids)
+# --8<-- [end:read-eos-ids]
 
 
 # --8<-- [start:check-supported]
@@ -234,11 +266,18 @@ def gpt2_names(config: GPTConfig) -> dict[str, tuple[tuple[str, ...], tuple]]:
 def gpt2_params(tensors: dict[str, np.ndarray], config: GPTConfig,
                 source: str = "checkpoint") -> dict:
     """Checkpoint tensors -> our nested params, every name and shape checked."""
-    table = gpt2_names(config)
     params: dict = {"blocks": [{} for _ in range(config.n_layer)]}
-    for name, x in strip_names(tensors, source).items():
+    return fill_params(strip_names(tensors, source), gpt2_names(config), params,
+                       source, kind="GPT-2")
+
+
+def fill_params(tensors: dict[str, np.ndarray], table: dict, params: dict,
+                source: str, kind: str) -> dict:
+    """Put each tensor where the name table says, after checking name and shape."""
+    table = dict(table)  # ours to empty: what is left at the end is missing
+    for name, x in tensors.items():
         if name not in table:
-            raise WeightsError(f"{source}: tensor {name!r}: not a GPT-2 parameter")
+            raise WeightsError(f"{source}: tensor {name!r}: not a {kind} parameter")
         where, shape = table.pop(name)
         if x.shape != shape:
             raise WeightsError(f"{source}: tensor {name!r}: shape {list(x.shape)}, "

@@ -1,14 +1,12 @@
-"""Profiling helpers, the roofline arithmetic, and the lean decoder of chapter 21.
+"""Profiling helpers, the roofline arithmetic and BLAS threads of chapter 21.
 
-The lean decoder must give exactly the tokens of transformers' greedy generate
-and of chapter 19's generate(), and logits equal to chapter 20's forward_cached:
-speed is worth nothing if the answer changes. The reference model is a small
-random GPT2LMHeadModel saved with safetensors and loaded by minigpt.load_model
-(memory-mapped, like the benchmark). Hugging Face's initialisation (std 0.02)
-gives near-uniform logits, where greedy choices hinge on rounding, so weights
-are redrawn with std 1 and layer norms get noise of std 0.1: the top two logits
-are then far apart compared with float32 differences between the engines.
-No test here times anything; speed targets live in benchmarks/bench_decode.py.
+The engine's own code is what chapter 21 times, so the profiler must change
+nothing: the logits of a profiled step equal the engine's. The reference model
+is a small random GPT2LMHeadModel saved with safetensors and loaded by
+minigpt.load_model (memory-mapped, like the benchmark). Hugging Face's
+initialisation (std 0.02) gives near-uniform logits, where greedy choices hinge
+on rounding, so weights are redrawn with std 1 and layer norms get noise of std
+0.1. No test here times anything; speed targets live in benchmarks/.
 """
 
 from __future__ import annotations
@@ -20,32 +18,24 @@ import pytest
 
 from benchmarks.bench_bandwidth import kernels
 from benchmarks.bench_decode import copy_in_large_pieces, merge_races, targets
-from minigpt.attention import attention
+from minigpt import kvcache
 from minigpt.bench import (
-    DecodeBuffers,
     StageTimer,
-    attend_chunk,
+    blas_threads,
     bytes_per_token,
     decode_ceiling,
-    decode_step,
     float64_arrays,
     forward_flops,
-    gelu_tanh_inplace,
-    generate_fast,
-    layer_norm_into,
-    linear_into,
     measure_bandwidth,
     peak_rss_bytes,
-    prefill,
     profile_token,
     race_to_roofline,
     save_random_gpt2,
+    time_in_turns,
     weight_bytes,
 )
 from minigpt.generate import generate
-from minigpt.kvcache import KVCache, forward_cached
-from minigpt.layers import gelu_tanh, layer_norm, linear
-from minigpt.model import load_model
+from minigpt.models import load_model
 from minigpt.weights import GPTConfig
 from tests.reference import require
 
@@ -81,61 +71,43 @@ def hf_greedy(ref, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("prompt_len, new", [(1, 20), (5, 30), (16, 48)])
-def test_lean_decoder_gives_transformers_greedy_tokens(saved, prompt_len, new):
-    ref, model = saved
-    prompt = np.random.default_rng(prompt_len).integers(0, 97, prompt_len).tolist()
-    want = hf_greedy(ref, prompt, new)
-    assert len(set(want)) > 3, "the reference text is degenerate: a weak test"
-    assert list(generate_fast(model, prompt, new)) == want
-    assert list(generate(model, prompt, new)) == want
-
-
-@pytest.mark.reference
-def test_decode_step_logits_equal_forward_cached(saved):
-    _, model = saved
-    ids = np.array([3, 14, 15, 92, 65])
-    ours, theirs = KVCache.empty(model.config), KVCache.empty(model.config)
-    buf = DecodeBuffers.empty(model.config)
-    prefill(model, ids[:2], ours)
-    forward_cached(model, ids[:2], theirs)
-    for token in ids[2:]:
-        got = decode_step(model, int(token), ours, buf)
-        want = forward_cached(model, np.array([token]), theirs)[-1]
-        assert got is buf.logits  # written in place, not a new array
-        assert got.dtype == np.float32
-        # float32 sums in a different order: a few ulp of the logits' size
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-    assert ours.length == theirs.length == 5
-    np.testing.assert_allclose(ours.k[:, :, :5], theirs.k[:, :, :5], rtol=1e-5,
-                               atol=1e-5)
-
-
-@pytest.mark.reference
-def test_prefill_returns_the_last_rows_logits(saved):
-    _, model = saved
-    ids = np.array([5, 6, 7, 8, 9, 10])
-    got = prefill(model, ids, KVCache.empty(model.config))
-    assert got.shape == (97,)
-    np.testing.assert_allclose(got, model.forward(ids)[-1], rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.reference
 def test_profile_token_times_every_stage_and_changes_nothing(saved):
     _, model = saved
     ids = np.array([1, 2, 3])
-    a, b = KVCache.empty(model.config), KVCache.empty(model.config)
-    forward_cached(model, ids, a)
-    forward_cached(model, ids, b)
+    a, b = model.empty_cache(), model.empty_cache()
+    model.forward_cached(ids, a)
+    model.forward_cached(ids, b)
     timer = StageTimer()
     got = profile_token(model, 4, a, timer)
-    want = forward_cached(model, np.array([4]), b)[-1]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    want = model.forward_cached(np.array([4]), b)[-1]
+    np.testing.assert_array_equal(got, want)
     assert a.length == 4
-    assert set(timer.seconds) == {"embedding", "layer norms", "output head (logits)",
+    assert set(timer.seconds) == {"embedding + output head", "layer norms",
                                   "attention (qkv, scores, proj)", "feed-forward (MLP)"}
     assert timer.calls["layer norms"] == 2 * 3 + 1  # two per block, one final
+    assert timer.calls["attention (qkv, scores, proj)"] == 3
     assert math.isclose(sum(timer.shares().values()), 1.0)
+    assert kvcache.layer_norm.__module__ == "minigpt.layers"  # unwrapped again
+
+
+def test_blas_threads_limits_the_blas_pools():
+    threadpoolctl = require("threadpoolctl")
+    def blas_counts():
+        return {p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["user_api"] == "blas"}
+    before = blas_counts()
+    with blas_threads(1):
+        assert blas_counts() <= {1}
+    assert blas_counts() == before
+    with blas_threads(None):  # leaves the library's own choice
+        assert blas_counts() == before
+
+
+def test_time_in_turns_runs_each_function_every_round():
+    calls = []
+    medians = time_in_turns({"a": lambda: calls.append("a"),
+                             "b": lambda: calls.append("b")}, rounds=3)
+    assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}
 
 
 def test_stage_timer_adds_up_per_stage():
@@ -147,23 +119,6 @@ def test_stage_timer_adds_up_per_stage():
         raise KeyError("a stage that raises is still timed")
     assert timer.calls == {"a": 3, "b": 1}
     assert all(s >= 0 for s in timer.seconds.values())
-
-
-def test_helpers_into_buffers_equal_the_layers():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(64).astype(np.float32)
-    g, b = rng.standard_normal((2, 64)).astype(np.float32)
-    w = rng.standard_normal((64, 32)).astype(np.float32)
-    out = np.empty(64, np.float32)
-    assert layer_norm_into(x, g, b, 1e-5, out) is out
-    np.testing.assert_allclose(out, layer_norm(x, g, b), rtol=1e-5, atol=1e-6)
-    out32 = np.empty(32, np.float32)
-    np.testing.assert_allclose(linear_into(x, w, b[:32], out32), linear(x, w, b[:32]),
-                               rtol=1e-5, atol=1e-5)
-    y = 3 * x
-    want = gelu_tanh(y)
-    assert gelu_tanh_inplace(y) is y and y.dtype == np.float32
-    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
 def test_weight_bytes_counts_gpt2_124m_parameters():
@@ -218,22 +173,11 @@ def test_peak_rss_sees_a_new_touched_array():
     assert big[0] == 1.0
 
 
-def test_lean_decoder_refuses_to_pass_the_context():
-    config = GPTConfig(vocab_size=11, n_ctx=8, n_embd=8, n_layer=1, n_head=2)
-    model = type("M", (), {"config": config, "params": {}})()
-    with pytest.raises(ValueError, match="pass n_ctx=8"):
-        next(generate_fast(model, [1, 2, 3, 4, 5], 4))
-    cache = KVCache.empty(config)
-    cache.length = 8
-    with pytest.raises(ValueError, match="cache is full"):
-        decode_step(model, 1, cache, DecodeBuffers.empty(config))
-
-
 def test_targets_report_each_measured_value():
-    r = {"decode": {"minigpt (lean)": {"decode_tok_s": 26.0},
+    r = {"decode": {"minigpt": {"decode_tok_s": 26.0},
                     "transformers": {"decode_tok_s": 20.0}},
          "ceiling_tok_s": 30.0,
-         "roofline_race": {"fraction": {"minigpt (lean)": 26.0 / 30.0}},
+         "roofline_race": {"fraction": {"minigpt": 26.0 / 30.0}},
          "prefill": {"lengths": [16, 512], "minigpt": [100, 90],
                      "transformers": [100, 100]},
          "memory": {"ratio": 1.2}}
@@ -260,27 +204,17 @@ def test_save_random_gpt2_loads_memory_mapped(tmp_path):
     assert not wte.flags.owndata and not wte.flags.writeable  # a view of the file
     assert np.all(model.params["blocks"][1]["ln_2"]["g"] == 1)
     assert 0.3 < wte.std() < 0.7
-    # the lean decoder and chapter 19's generate agree on it
+    # cached and uncached generation agree on it
     ids = [1, 2, 3]
-    assert list(generate_fast(model, ids, 10)) == list(generate(model, ids, 10))
+    assert list(generate(model, ids, 10)) == list(generate(model, ids, 10,
+                                                           use_cache=False))
 
 
-@pytest.mark.parametrize("start, T", [(0, 1), (0, 7), (5, 3), (9, 1)])
-def test_attend_chunk_equals_masked_attention(start, T):
-    rng = np.random.default_rng(start + T)
-    H, hs, S = 3, 8, start + T
-    q = rng.standard_normal((H, T, hs)).astype(np.float32)
-    k, v = rng.standard_normal((2, H, S, hs)).astype(np.float32)
-    mask = np.tri(T, S, k=start, dtype=bool)  # token t at position start + t
-    np.testing.assert_allclose(attend_chunk(q, k, v, start),
-                               attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
-
-
-def test_race_to_roofline_reports_a_ceiling_and_both_decoders(tmp_path):
+def test_race_to_roofline_reports_a_ceiling_and_the_engine(tmp_path):
     config = GPTConfig(vocab_size=64, n_ctx=32, n_embd=16, n_layer=2, n_head=2)
     model = load_model(save_random_gpt2(tmp_path / "m", config))
     race = race_to_roofline(model, position=10, rounds=2)
-    assert set(race["tok_s"]) == {"minigpt (lean)", "minigpt (cache)"}
+    assert set(race["tok_s"]) == {"minigpt"}
     assert race["bandwidth_gb_s"] > 0 and race["ceiling_tok_s"] > 0
     read = bytes_per_token(config, weight_bytes(model.params), 10)
     assert race["ceiling_tok_s"] == pytest.approx(race["bandwidth_gb_s"] * 1e9 / read)

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt.generate import generate, stream_text, window_start
-from minigpt.kvcache import KVCache, forward_cached
-from minigpt.model import GPT
+from minigpt.generate import generate, stop_text, stream_text, window_start
+from minigpt.kvcache import CachedGPT
 from minigpt.tokenizer import ByteBPE, train_bpe
 from minigpt.weights import GPTConfig
 from tests.reference import require
@@ -51,7 +50,8 @@ def hf_greedy(model, prompt: list[int], n: int, use_cache: bool = True) -> list[
 
 
 def random_model(seed: int = 0, vocab_size: int = 64, n_ctx: int = 16,
-                 n_embd: int = 32, n_layer: int = 2, n_head: int = 4) -> GPT:
+                 n_embd: int = 32, n_layer: int = 2, n_head: int = 4,
+                 eos_token_ids: tuple[int, ...] = ()) -> CachedGPT:
     """A random minigpt model built directly in NumPy (no files)."""
     rng = np.random.default_rng(seed)
     C = n_embd
@@ -66,8 +66,9 @@ def random_model(seed: int = 0, vocab_size: int = 64, n_ctx: int = 16,
               for _ in range(n_layer)]
     params = {"wte": r(vocab_size, C), "wpe": r(n_ctx, C), "blocks": blocks,
               "ln_f": norm()}
-    return GPT(GPTConfig(vocab_size=vocab_size, n_ctx=n_ctx, n_embd=C,
-                         n_layer=n_layer, n_head=n_head), params)
+    return CachedGPT(GPTConfig(vocab_size=vocab_size, n_ctx=n_ctx, n_embd=C,
+                               n_layer=n_layer, n_head=n_head,
+                               eos_token_ids=eos_token_ids), params)
 
 
 SHAPES = [
@@ -120,7 +121,7 @@ def test_window_start_slides_by_half():
 class SpyModel:
     """Wraps a model and records the length of every forward call."""
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: CachedGPT):
         self.config, self.params, self.model = model.config, model.params, model
         self.lengths: list[int] = []
 
@@ -142,11 +143,11 @@ class OwnCacheModel(SpyModel):
 
     def empty_cache(self):
         self.lengths.append("empty_cache")
-        return KVCache.empty(self.config)
+        return self.model.empty_cache()
 
-    def forward_cached(self, ids, cache):
+    def forward_cached(self, ids, cache, last_only=False):
         self.lengths.append(("cached", len(ids)))
-        return forward_cached(self.model, ids, cache)
+        return self.model.forward_cached(ids, cache, last_only)
 
 
 def test_a_model_with_its_own_cache_is_used_through_it():
@@ -155,15 +156,25 @@ def test_a_model_with_its_own_cache_is_used_through_it():
     out = list(generate(own, [1, 2, 3], 7))
     assert out == list(generate(model, [1, 2, 3], 7))
     assert own.lengths == ["empty_cache", ("cached", 3), *[("cached", 1)] * 5,
-                           ("cached", 4)]  # at 9 tokens the window slid to 4
+                           "empty_cache", ("cached", 4)]  # at 9 the window slid to 4
 
 
-def test_long_prompt_is_cut_to_the_window():
+def test_long_prompt_keeps_its_last_n_ctx_tokens():
     model = random_model(n_ctx=8)
     prompt = list(range(20))
     a = list(generate(model, prompt, 3, use_cache=True))
-    b = list(generate(model, prompt[-4:], 3, use_cache=False))
+    b = list(generate(model, prompt[-8:], 3, use_cache=False))
     assert a == b
+
+
+def test_one_token_over_the_window_drops_one_token_not_half():
+    spy = SpyModel(random_model(n_ctx=8))
+    list(generate(spy, list(range(9)), 3, use_cache=False))
+    # the prompt keeps its last 8; sliding by half starts only while generating
+    assert spy.lengths == [8, 4, 5]
+    own = OwnCacheModel(random_model(n_ctx=8))
+    list(generate(own, list(range(9)), 2))
+    assert own.lengths[:2] == ["empty_cache", ("cached", 8)]
 
 
 def test_stop_token_ends_generation_and_is_not_yielded():
@@ -173,6 +184,60 @@ def test_stop_token_ends_generation_and_is_not_yielded():
     first = free.index(stop_at)
     assert list(generate(model, [1, 2], 10, stop=stop_at)) == free[:first]
     assert list(generate(model, [1, 2], 10, stop=[999, stop_at])) == free[:first]
+
+
+def test_stop_accepts_any_integer_numpy_included():
+    model = random_model()
+    free = list(generate(model, [1, 2], 10))
+    first = free.index(free[4])
+    for stop in (np.int64(free[4]), np.uint16(free[4]), (np.int32(free[4]),),
+                 np.array([free[4], 999])):
+        assert list(generate(model, [1, 2], 10, stop=stop)) == free[:first], stop
+    assert 0 not in free  # so stop=0 below is no stop at all
+    assert list(generate(model, [1, 2], 10, stop=np.int64(0))) == free
+    model0 = random_model(seed=4)
+    free0 = list(generate(model0, [1], 30, temperature=3.0, seed=0))
+    if 0 in free0:  # 0 is falsy; it must still stop
+        cut = free0.index(0)
+        assert list(generate(model0, [1], 30, temperature=3.0, seed=0,
+                             stop=np.int64(0))) == free0[:cut]
+    for bad in (2.0, True, "a", [1, None]):
+        with pytest.raises(TypeError, match="stop must be a token id"):
+            generate(model, [1], 3, stop=bad)
+
+
+def test_generation_ends_at_the_models_end_of_text_id():
+    plain = random_model()
+    free = list(generate(plain, [1, 2], 10))
+    eos = random_model(eos_token_ids=(free[4],))
+    first = free.index(free[4])
+    assert list(generate(eos, [1, 2], 10)) == free[:first]
+    assert list(generate(eos, [1, 2], 10, stop=())) == free  # stop=() never stops
+
+
+def test_stop_text_ends_before_the_stop_string():
+    def run(text, stops, size=1):
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        return "".join(stop_text(pieces, stops))
+    assert run("one\n\ntwo", ["\n\n"]) == "one"
+    assert run("one\n\ntwo", ["\n\n"], size=4) == "one"
+    assert run("abcSTOPdef", ["STOP", "cS"]) == "ab"  # whichever comes first
+    assert run("no stop here", ["STOP"]) == "no stop here"
+    assert run("STOP", ["STOP"]) == ""
+    assert run("abc", []) == "abc"
+    # pieces are shown as soon as they cannot be the start of a stop string
+    shown = list(stop_text(iter(["ab", "cd", "ST", "OP", "x"]), ["STOP"]))
+    assert shown == ["a", "bc", "d"]
+
+
+def test_generate_is_a_module_and_still_the_function():
+    import importlib
+    g = importlib.import_module("minigpt.generate")
+    exec("import minigpt.generate as g2", ns := {})
+    assert ns["g2"] is g and hasattr(g, "stream_text")  # the module
+    model = random_model()
+    want = list(g.generate(model, [1, 2], 4))
+    assert list(minigpt.generate(model, [1, 2], 4)) == want
 
 
 def test_generate_is_lazy_and_yields_ints():
@@ -222,3 +287,17 @@ def test_stream_text_flushes_an_unfinished_character():
     tok = ByteBPE(vocab, merges)
     ids = tok.encode("a世")[:-1]  # "a" and two of the three bytes of 世
     assert list(stream_text(tok, ids)) == ["a", "\ufffd"]
+
+
+def test_generate_asks_models_only_for_the_protocol():
+    """One interface: no hasattr, no isinstance on model classes in the loop."""
+    import ast
+    import importlib
+    import inspect
+
+    g = importlib.import_module("minigpt.generate")
+    source = inspect.getsource(g)
+    assert "hasattr" not in source and "isinstance(model" not in source
+    imported = {n.module for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"minigpt.kvcache", "minigpt.llama"}, imported

@@ -13,7 +13,7 @@ import pytest
 import minigpt
 from minigpt.attention import mha
 from minigpt.generate import generate
-from minigpt.kvcache import KVCache, forward_cached, mha_cached
+from minigpt.kvcache import KVCache, mha_cached
 from tests.reference import require
 from tests.test_generate import hf_model, random_model
 
@@ -32,9 +32,9 @@ def test_cached_logits_equal_forward(chunks):
     model = random_model(n_ctx=16)
     ids = np.random.default_rng(0).integers(0, 64, 16)
     full = model.forward(ids)
-    cache, start, rows = KVCache.empty(model.config), 0, []
+    cache, start, rows = model.empty_cache(), 0, []
     for n in chunks:
-        rows.append(forward_cached(model, ids[start:start + n], cache))
+        rows.append(model.forward_cached(ids[start:start + n], cache))
         start += n
         assert cache.length == start
     close(np.concatenate(rows), full)
@@ -44,9 +44,9 @@ def test_mha_cached_equals_mha():
     model = random_model(n_ctx=16, n_embd=32, n_head=4)
     attn = model.params["blocks"][0]["attn"]
     x = np.random.default_rng(1).standard_normal((10, 32)).astype(np.float32)
-    cache = KVCache.empty(model.config)
+    cache = model.empty_cache()
     a = mha_cached(x[:6], **attn, n_head=4, cache=cache, layer=0)
-    cache.length = 6  # forward_cached does this after the last layer
+    cache.length = 6  # the forward does this after the last layer
     b = mha_cached(x[6:], **attn, n_head=4, cache=cache, layer=0)
     close(np.concatenate([a, b]), mha(x, **attn, n_head=4))
 
@@ -58,8 +58,8 @@ def test_cache_contents_equal_transformers_past_key_values(tmp_path):
     ref = hf_model(tmp_path, **shape)
     model = minigpt.load_model(tmp_path)
     ids = np.arange(7) * 11
-    cache = KVCache.empty(model.config)
-    forward_cached(model, ids, cache)
+    cache = model.empty_cache()
+    model.forward_cached(ids, cache)
     with torch.no_grad():
         past = ref(torch.from_numpy(ids)[None], use_cache=True).past_key_values
     for layer in range(2):
@@ -71,13 +71,13 @@ def test_cache_contents_equal_transformers_past_key_values(tmp_path):
 
 def test_cache_is_allocated_once_float32():
     model = random_model(n_ctx=16, n_embd=32, n_head=4, n_layer=2)
-    cache = KVCache.empty(model.config)
+    cache = model.empty_cache()
     assert cache.k.shape == cache.v.shape == (2, 4, 16, 8)
     assert cache.k.dtype == cache.v.dtype == np.float32
     k, v = cache.k, cache.v
-    forward_cached(model, np.array([1, 2, 3]), cache)
+    model.forward_cached(np.array([1, 2, 3]), cache)
     for token in (4, 5, 6):
-        logits = forward_cached(model, np.array([token]), cache)
+        logits = model.forward_cached(np.array([token]), cache)
         assert logits.dtype == np.float32 and logits.shape == (1, 64)
     assert cache.k is k and cache.v is v  # written in place, never replaced
     assert cache.length == 6 and np.abs(cache.k[:, :, 6:]).max() == 0
@@ -87,10 +87,10 @@ def test_cache_is_allocated_once_float32():
 
 def test_full_cache_refuses_more_tokens():
     model = random_model(n_ctx=8)
-    cache = KVCache.empty(model.config)
-    forward_cached(model, np.arange(8), cache)
-    with pytest.raises(ValueError, match="cache holds 8 tokens; 1 more would pass"):
-        forward_cached(model, np.array([1]), cache)
+    cache = model.empty_cache()
+    model.forward_cached(np.arange(8), cache)
+    with pytest.raises(ValueError, match="cache holds 8 of 8 positions; 1 more do "):
+        model.forward_cached(np.array([1]), cache)
     assert cache.length == 8  # the refused call changed nothing
 
 
@@ -101,3 +101,39 @@ def test_cached_and_uncached_generation_give_identical_tokens(seed):
         a = list(generate(model, [3, 1, 4], 50, seed=seed, use_cache=True, **knobs))
         b = list(generate(model, [3, 1, 4], 50, seed=seed, use_cache=False, **knobs))
         assert a == b and len(a) == 50
+
+
+def test_the_prefill_computes_the_head_for_the_last_position_only():
+    model = random_model(n_ctx=16)
+    ids = np.random.default_rng(2).integers(0, 64, 12)
+    every = model.forward_cached(ids, model.empty_cache())
+    last = model.forward_cached(ids, model.empty_cache(), last_only=True)
+    assert every.shape == (12, 64) and last.shape == (1, 64)
+    close(last, every[-1:])
+
+
+def test_generate_asks_for_the_last_position_only():
+    """generate() reads one row of logits per step, prefill included."""
+    model = random_model(n_ctx=16)
+    calls = []
+
+    class Spy:
+        config = model.config
+        forward, empty_cache = model.forward, model.empty_cache
+
+        def forward_cached(self, ids, cache, last_only=False):
+            calls.append((len(ids), last_only))
+            return model.forward_cached(ids, cache, last_only)
+
+    want = list(generate(model, [1, 2, 3, 4], 3))
+    assert list(generate(Spy(), [1, 2, 3, 4], 3)) == want
+    assert calls == [(4, True), (1, True), (1, True)]
+
+
+def test_one_cache_class_serves_both_models():
+    """LLaMA's cache is the same KVCache (GQA: fewer key/value heads)."""
+    from minigpt.llama import LlamaConfig, LlamaModel
+    config = LlamaConfig(vocab_size=10, n_ctx=8, n_embd=8, n_layer=1, n_head=2,
+                         n_kv_head=1, head_dim=4, n_hidden=8)
+    cache = LlamaModel(config, {}).empty_cache()
+    assert type(cache) is KVCache and cache.k.shape == (1, 1, 8, 4)

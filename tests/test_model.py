@@ -54,7 +54,7 @@ def test_logits_equal_transformers(tmp_path, shape):
     assert model.config == GPTConfig(
         vocab_size=shape["vocab_size"], n_ctx=shape["n_positions"],
         n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
-        layer_norm_epsilon=shape.get("layer_norm_epsilon", 1e-5))
+        layer_norm_epsilon=shape.get("layer_norm_epsilon", 1e-5), eos_token_ids=(0,))
     rng = np.random.default_rng(1)
     for T in (1, 5, shape["n_positions"]):  # one token, a few, the full context
         ids = rng.integers(0, shape["vocab_size"], T)
@@ -119,3 +119,54 @@ def test_bad_ids_are_clear_value_errors(tiny_model, ids, fragment):
 def test_load_model_names_the_missing_file(tmp_path):
     with pytest.raises(WeightsError, match="no config.json"):
         minigpt.load_model(tmp_path)
+
+
+def test_model_py_does_not_import_llama():
+    """The loader table lives outside both models: model.py knows only GPT-2."""
+    import ast
+    from pathlib import Path
+    source = Path(minigpt.__file__).with_name("model.py").read_text(encoding="utf-8")
+    imported = [n.module if isinstance(n, ast.ImportFrom) else a.name
+                for n in ast.walk(ast.parse(source))
+                if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names]
+    assert not [m for m in imported if m and "llama" in m], imported
+    assert "llama" not in source.lower().replace("llama.cpp", "")
+
+
+def test_check_ids_takes_numbers_not_a_config():
+    from minigpt.model import check_ids
+    np.testing.assert_array_equal(check_ids(np.array([1, 2]), 4, 3), [1, 2])
+    with pytest.raises(ValueError, match="more than the context of n_ctx=1"):
+        check_ids(np.array([1, 2]), 1, 3)
+
+
+def test_the_loader_table_names_an_unknown_model_type(tmp_path):
+    import json
+
+    from minigpt.models import LOADERS, Loader, register
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match="model_type 'mamba' is not supported "
+                                           r"\(known: gpt2, llama"):
+        minigpt.load_model(tmp_path)
+    try:
+        register("mamba", Loader(lambda folder: "a mamba", lambda folder: "its tokens"))
+        assert minigpt.load_model(tmp_path) == "a mamba"
+        assert minigpt.load_tokenizer(tmp_path) == "its tokens"
+    finally:
+        LOADERS.pop("mamba", None)
+
+
+def test_both_models_offer_the_generate_interface():
+    """GPT-2 and LLaMA have every member of generate's LanguageModel protocol."""
+    from minigpt.generate import LanguageModel, ModelConfig
+    from minigpt.kvcache import CachedGPT
+    from minigpt.llama import LlamaConfig, LlamaModel
+    members = [m for m in vars(LanguageModel) if not m.startswith("_")]
+    assert sorted(members) == ["empty_cache", "forward", "forward_cached"]
+    for cls in (CachedGPT, LlamaModel):
+        assert all(callable(getattr(cls, m)) for m in members), cls
+    for config in (GPTConfig(), LlamaConfig()):
+        for field in ModelConfig.__annotations__:
+            assert hasattr(config, field), (type(config).__name__, field)

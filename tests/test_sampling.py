@@ -2,7 +2,8 @@
 
 The filtered distributions are compared with PyTorch softmax and transformers'
 own logits processors (TemperatureLogitsWarper, TopKLogitsWarper,
-TopPLogitsWarper) on random logits without ties, to 1e-12 (float64 both sides).
+TopPLogitsWarper) on random logits without ties, to 1e-6 (float32 both sides),
+and top-p's choice among tied tokens is compared with TopPLogitsWarper's.
 Draws are checked with a chi-square goodness-of-fit test at a fixed seed: with
 N = 10,000 draws the statistic must stay under the 99.9% quantile of the
 chi-square distribution, taken from standard tables for the degrees of freedom
@@ -49,7 +50,7 @@ def torch_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
     """The same distribution built by transformers' logits processors."""
     torch = require("torch")
     tf = require("transformers")
-    scores = torch.tensor(logits, dtype=torch.float64)[None]
+    scores = torch.tensor(logits, dtype=torch.float32)[None]
     ids = torch.zeros((1, 1), dtype=torch.long)
     warpers = [tf.TemperatureLogitsWarper(temperature)]
     if top_k is not None:
@@ -71,7 +72,8 @@ def test_distribution_equals_transformers(knobs):
     logits = np.random.default_rng(3).standard_normal(50) * 2
     ours = next_token_probs(logits, **{"temperature": 1.0, **knobs})
     ref = torch_probs(logits, **knobs)
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("knobs", [
@@ -131,10 +133,54 @@ def test_ties_are_deterministic_lowest_id_wins():
     assert sample(logits, top_k=1, rng=np.random.default_rng(5)) == 1
     kept = np.isfinite(top_k_logits(logits, 2))
     assert kept.tolist() == [False, True, False, True, False]  # ids 1 and 3
-    # top_p: the tied tokens are ranked by id, so p just above 1/3 keeps 1 and 3
+    # top_p ranks tied tokens as transformers does: the higher ids stay
     probs = next_token_probs(logits, top_p=0.34)
-    assert (probs > 0).tolist() == [False, True, False, True, False]
-    np.testing.assert_allclose(probs[[1, 3]], 0.5)
+    assert (probs > 0).tolist() == [False, False, False, True, True]
+    np.testing.assert_allclose(probs[[3, 4]], 0.5)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("n, p", [(10, 0.9), (10, 0.8), (10, 0.5), (10, 0.05),
+                                  (4, 0.75), (3, 0.5), (7, 1.0)])
+def test_top_p_keeps_the_tokens_transformers_keeps_on_ties(n, p):
+    torch = require("torch")
+    tf = require("transformers")
+    logits = np.zeros(n + 3, np.float32)
+    logits[n:] = [-5, -6, 1e-3 - 9]  # n tied favourites, then a tail
+    ref = tf.TopPLogitsWarper(p)(None, torch.tensor(logits)[None].clone())[0]
+    want = np.flatnonzero(np.isfinite(ref.numpy())).tolist()
+    assert np.flatnonzero(np.isfinite(top_p_logits(logits, p))).tolist() == want
+
+
+def test_a_temperature_that_overflows_is_refused():
+    """1e-310 is 0 in float32: the scaled logits would be +-inf and then NaN."""
+    for logits in (np.array([1.0, 2.0, -np.inf]), np.array([-1.0, -2.0])):
+        with pytest.raises(ValueError, match="out of float32's range"):
+            sample(logits, temperature=1e-310, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
+        sample(LOGITS, temperature=float("inf"))
+
+
+def test_sampling_never_sorts_the_whole_vocabulary(monkeypatch):
+    """Top-k is a partial sort and top-p sorts only its candidates.
+
+    The logits are spread like a language model's (a few hundred tokens hold 95%
+    of the mass), not flat: on flat logits top-p must look at most of them.
+    """
+    logits = np.random.default_rng(0).standard_normal(50257).astype(np.float32) * 3
+    sorted_sizes = []
+    real_sort, real_lexsort = np.argsort, np.lexsort
+    def argsort(a, *args, **kwargs):
+        sorted_sizes.append(np.size(a))
+        return real_sort(a, *args, **kwargs)
+    def lexsort(keys, *args, **kwargs):
+        sorted_sizes.append(np.size(keys[0]))
+        return real_lexsort(keys, *args, **kwargs)
+    monkeypatch.setattr(np, "argsort", argsort)
+    monkeypatch.setattr(np, "lexsort", lexsort)
+    for knobs in (dict(top_k=40), dict(top_p=0.95), dict(top_k=40, top_p=0.95)):
+        sample(logits, temperature=0.8, rng=np.random.default_rng(1), **knobs)
+    assert max(sorted_sizes, default=0) <= 4096, sorted_sizes
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -152,13 +198,14 @@ def test_neg_inf_logits_are_never_drawn():
 def test_probs_sum_to_one_and_float32_logits_work():
     logits = np.random.default_rng(0).standard_normal(50257).astype(np.float32)
     probs = next_token_probs(logits, temperature=0.8, top_k=40, top_p=0.9)
-    assert probs.dtype == np.float64 and abs(probs.sum() - 1) < 1e-12
+    assert probs.dtype == np.float32 and abs(probs.sum() - 1) < 1e-6
     assert 1 <= (probs > 0).sum() <= 40
 
 
 @pytest.mark.parametrize("knobs, message", [
     (dict(temperature=-0.1), "temperature must be >= 0"),
     (dict(temperature=float("nan")), "temperature must be >= 0"),
+    (dict(temperature=float("inf")), "temperature must be >= 0 and finite"),
     (dict(top_k=0), "top_k must be an integer >= 1"),
     (dict(top_k=2.5), "top_k must be an integer >= 1"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),

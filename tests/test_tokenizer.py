@@ -7,7 +7,9 @@ BPE trainer written here (recount everything every round) for the fast one.
 
 from __future__ import annotations
 
+import json
 import shutil
+import unicodedata
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -29,8 +31,8 @@ from tests.reference import require, require_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
-GPT2_DIR = ROOT.parent / "shared" / "data" / "gpt2"
-HOW = "the GPT-2 vocabulary; python -m minigpt download gpt2"
+GPT2_DIR = ROOT / "data" / "gpt2"
+HOW = "the GPT-2 vocabulary; make install, or python tools/fetch_assets.py"
 GPT2_PAT = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
             r"""|\s+(?!\S)|\s+""")
 
@@ -217,6 +219,47 @@ def test_partial_utf8_decodes_safely(gpt2, tiktoken_gpt2):
 def test_gpt2_special_token_decodes(gpt2):
     assert gpt2.decode([50256]) == "<|endoftext|>"
     assert 50256 not in gpt2.encode("<|endoftext|>")  # ordinary text, as documented
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("text", ["a<|endoftext|>b", "<|endoftext|>", "x <|endoftext|>"
+                                  "<|endoftext|> y", "no special here"])
+def test_special_tokens_only_when_allowed_as_tiktoken(gpt2, tiktoken_gpt2, text):
+    assert gpt2.special == {"<|endoftext|>": 50256}
+    allowed = {"<|endoftext|>"}
+    assert gpt2.encode(text, allowed_special=allowed) == tiktoken_gpt2.encode(
+        text, allowed_special=allowed)
+    assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(
+        text, allowed_special="all")
+    assert 50256 not in gpt2.encode(text)  # never by accident
+    with pytest.raises(ValueError, match="not special tokens"):
+        gpt2.encode(text, allowed_special={"<|im_start|>"})
+
+
+def test_the_shipped_unicode_table_is_what_python_computes(monkeypatch):
+    """The table that spares the start-up its second equals the computation."""
+    import minigpt.tokenizer as tok
+    table = json.loads(tok.CLASSES_FILE.read_text(encoding="utf-8"))
+    if table["unicode"] != unicodedata.unidata_version:
+        pytest.skip(f"table made for Unicode {table['unicode']}, this Python "
+                    f"has {unicodedata.unidata_version}: it is recomputed")
+    assert [tuple(r) for r in table["L"]] == tok.category_ranges("L")
+    assert [tuple(r) for r in table["N"]] == tok.category_ranges("N")
+    tok.letters_and_numbers.cache_clear()
+    monkeypatch.setattr(tok, "category_ranges", None)  # not called: the table is
+    assert tok.letters_and_numbers() == (table["L"], table["N"])
+    tok.letters_and_numbers.cache_clear()
+
+
+def test_a_missing_unicode_table_is_recomputed(monkeypatch, tmp_path):
+    import minigpt.tokenizer as tok
+    monkeypatch.setattr(tok, "CLASSES_FILE", tmp_path / "none.json")
+    tok.letters_and_numbers.cache_clear()
+    try:
+        letters, numbers = tok.letters_and_numbers()
+        assert (0x41, 0x5A) in letters and (0x30, 0x39) in numbers
+    finally:
+        tok.letters_and_numbers.cache_clear()
 
 
 def test_hugging_face_file_names_load_the_same(gpt2_files, gpt2, tmp_path):

@@ -127,7 +127,31 @@ BAD_HEADERS = [  # (what is wrong, header, data, message fragment)
     ("overlap", {"a": F32_2, "b": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12,
      "overlaps tensor 'a'"),
     ("metadata not an object", {"__metadata__": [1]}, b"", "__metadata__"),
+    ("hole between tensors", {"a": F32_2, "b": {**F32_2, "data_offsets": [12, 20]}},
+     b"\0" * 20, "bytes 8..12 before it belong to no tensor"),
+    ("hole at the start", {"t": {**F32_2, "data_offsets": [4, 12]}}, b"\0" * 12,
+     "bytes 0..4 before it"),
+    ("bytes after the last tensor", {"t": F32_2}, b"\0" * 12,
+     "4 bytes after the last tensor 't'"),
+    ("metadata value not a string", {"__metadata__": {"format": 1}}, b"",
+     "__metadata__['format'] is a JSON int, not a string"),
 ]
+
+# files the reference library refuses too (checked live in the test below)
+STRICT = ["hole between tensors", "hole at the start", "bytes after the last tensor",
+          "metadata value not a string"]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("what", STRICT)
+def test_the_reference_refuses_what_we_refuse(tmp_path, what):
+    st_numpy = require("safetensors.numpy")
+    _, header, data, _ = next(b for b in BAD_HEADERS if b[0] == what)
+    path = raw_file(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(Exception):  # noqa: B017 (each library has its own type)
+        st_numpy.load_file(path)
+    with pytest.raises(WeightsError):
+        read_safetensors(path)
 
 
 @pytest.mark.parametrize("what, header, data, fragment", BAD_HEADERS,
@@ -293,7 +317,8 @@ def test_config_from_transformers_json(tmp_path):
     ref.save_pretrained(tmp_path)
     config = read_config(tmp_path / "config.json")
     assert config == GPTConfig(vocab_size=99, n_ctx=33, n_embd=12, n_layer=3,
-                               n_head=4, layer_norm_epsilon=1e-4)
+                               n_head=4, layer_norm_epsilon=1e-4,
+                               eos_token_ids=(ref.eos_token_id,))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.n_layer = 4  # type: ignore[misc]
 
@@ -324,3 +349,28 @@ def test_unsupported_configs_are_refused(tmp_path, change, fragment):
     with pytest.raises(WeightsError, match="config.json") as info:
         read_config(path)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("config, generation, want", [
+    ({"eos_token_id": 50256}, None, (50256,)),
+    ({"eos_token_id": [2, 7]}, None, (2, 7)),
+    ({"eos_token_id": None}, None, ()),
+    ({}, None, ()),
+    ({"eos_token_id": 1}, {"eos_token_id": [3, 4]}, (3, 4)),  # generation wins
+    ({"eos_token_id": 1}, {"do_sample": True}, (1,)),
+])
+def test_end_of_text_ids_from_config_and_generation_config(tmp_path, config,
+                                                           generation, want):
+    raw = {"vocab_size": 99, "n_embd": 8, "n_layer": 1, "n_head": 2, **config}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    if generation is not None:
+        (tmp_path / "generation_config.json").write_text(json.dumps(generation))
+    assert read_config(tmp_path / "config.json").eos_token_ids == want
+
+
+def test_an_end_of_text_id_that_is_not_an_id_is_refused(tmp_path):
+    raw = {"vocab_size": 99, "n_embd": 8, "n_layer": 1, "n_head": 2,
+           "eos_token_id": "</s>"}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="eos_token_id '</s>'"):
+        read_config(tmp_path / "config.json")

@@ -1,3 +1,8 @@
+# ---
+# jupyter:
+#   render_macros: true
+# ---
+
 # %% [markdown]
 # # 21. Profiling and performance
 #
@@ -5,53 +10,65 @@
 # transformers, only much sooner. This chapter asks a different question: how fast
 # *could* it be, and how close are we? Guessing is a poor way to answer either.
 # We will measure where one generated token spends its time, work out from first
-# principles the fastest any engine could decode on this machine, and then tune
-# the decode loop until it runs close to that limit. Along the way we meet the
-# habits that matter in every numerical program: control the threads, allocate
-# once, stay in float32, never copy the weights, and shape the biggest matrix
-# product so it does only the work that is needed.
+# principles the fastest any engine could decode on this machine, and see which
+# habits keep the engine near that limit: compute only the logits you need, never
+# sort what you only need the top of, stay in float32, never copy the weights,
+# choose the number of threads by measuring, and start quickly.
 #
 # This page is a notebook, run every time the site is built. The small
-# measurements on it ran on the machine that built the page, maybe yours. The
-# full-size comparison with PyTorch comes from `python -m benchmarks decode`
-# (part of `make bench`) and is read from `benchmarks/results/decode.json`.
+# measurements in its code cells ran on the machine that built the page, maybe
+# yours. The figures quoted in the text come from `make bench` (the benchmarks
+# `decode`, `sampling`, `threads` and `startup`) and are read from
+# `benchmarks/results/`, with the machine they were measured on:
 #
-# The plan of the page:
+# {{ measured("decode", "sampling", "threads", "startup") }}
 #
-# 1. **Profile** one generated token: which stages take the time?
-# 2. **Roofline:** bytes per token and the machine's bandwidth give a ceiling.
-# 3. **Lean decoder:** buffers, float32, memory-mapped weights, the output head.
-# 4. **Check** that it gives the same tokens, then **measure** it against
-#    PyTorch and against the ceiling.
-#
-# The code of this chapter lives in `minigpt/bench.py`. The cells below print the
-# source of each function from the package itself, so what you read is what runs.
+# The code of this chapter lives in `minigpt/bench.py`; the engine's own code is
+# the one of chapters 17 to 20. The cells below print the source of each function
+# from the package itself, so what you read is what runs.
 
 # %%
 import cProfile
 import inspect
 import json
 import pstats
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from IPython.display import SVG, Markdown, display
-from threadpoolctl import threadpool_info, threadpool_limits
+from IPython.display import HTML, SVG, display
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer
+from threadpoolctl import threadpool_info
 
+import minigpt
 from minigpt import bench
-from minigpt.generate import generate
 from minigpt.info import describe
-from minigpt.kvcache import KVCache, forward_cached
-from minigpt.model import load_model
+from minigpt.layers import layer_norm
 from minigpt.weights import GPTConfig
+
+# Jupyter starts a notebook in its own folder (docs/chapters); the build and the
+# tests start it in the repository root. Find the root either way: above the
+# working folder, or above the minigpt package this notebook imports.
+HERE, PACKAGE = Path.cwd().resolve(), Path(minigpt.__file__).resolve().parent
+ROOT = next(p for p in (HERE, *HERE.parents, PACKAGE.parent)
+            if (p / "benchmarks" / "results").is_dir())
+RESULTS, CHARTS = ROOT / "benchmarks" / "results", ROOT / "docs" / "assets" / "charts"
 
 
 def show(*objects) -> None:
-    """Print the source of functions or classes from the package, highlighted."""
+    """Show the source of functions or classes from the package, highlighted."""
     code = "\n\n".join(inspect.getsource(o).rstrip() for o in objects)
-    display(Markdown(f"```python\n{code}\n```"))
+    display(HTML(highlight(code, PythonLexer(), HtmlFormatter(wrapcode=True))))
+
+
+def results(topic: str) -> dict:
+    """The "results" object of benchmarks/results/<topic>.json."""
+    return json.loads((RESULTS / f"{topic}.json").read_text())["results"]
 
 
 print(describe())
@@ -61,17 +78,17 @@ print(describe())
 #
 # Speed depends on the shapes, not on the values of the weights, so we make a
 # model with GPT-2 124M's shape and random weights, and save it in the
-# safetensors format of chapter 16. Then `load_model` reads it the way it reads
-# the real GPT-2: memory-mapped. That matters later, when we count memory.
+# safetensors format of chapter 16. Then `minigpt.load_model` reads it the way it
+# reads the real GPT-2: memory-mapped. That matters later, when we count memory.
 
 # %%
-show(bench.save_random_gpt2)
+show(bench.save_random_gpt2, bench.param_arrays, bench.weight_bytes)
 
 # %%
 workdir = tempfile.TemporaryDirectory()
 config = GPTConfig()  # the defaults are GPT-2 124M's shape
 folder = bench.save_random_gpt2(Path(workdir.name) / "gpt2-shape", config)
-model = load_model(folder)
+model = minigpt.load_model(folder)
 weights = bench.weight_bytes(model.params)
 print(f"{weights / 4:,.0f} parameters, {weights / 1e6:.0f} MB of float32")
 
@@ -80,32 +97,36 @@ print(f"{weights / 4:,.0f} parameters, {weights / 1e6:.0f} MB of float32")
 #
 # A profiler tells us where a program spends its time. Python ships one,
 # `cProfile`, which counts every function call. Let us run it over a few decode
-# steps of chapter 20's `forward_cached`, after a 16-token prompt.
+# steps of chapter 20's `forward_cached`, after a 16-token prompt, on one BLAS
+# thread (more on threads below). `strip_dirs` keeps file names short.
 
 # %%
 rng = np.random.default_rng(0)
 prompt = rng.integers(0, config.vocab_size, 16)
-cache = KVCache.empty(config)
-forward_cached(model, prompt, cache)
-with threadpool_limits(1), cProfile.Profile() as profiler:
+cache = model.empty_cache()
+model.forward_cached(prompt, cache)
+with bench.blas_threads(1), cProfile.Profile() as profiler:
     for token in range(8):
-        forward_cached(model, np.array([token]), cache)
-stats = pstats.Stats(profiler).sort_stats("tottime")
+        model.forward_cached(np.array([token]), cache, last_only=True)
+stats = pstats.Stats(profiler).strip_dirs().sort_stats("tottime")
 _ = stats.print_stats(6)  # the six functions with the most time of their own
 
 # %% [markdown]
 # `cProfile` sees Python functions, and here most of the time sits inside a few
-# NumPy calls (`matmul` hides in `linear` and in `forward_cached`'s own line for
-# the output head). To ask in our own words, the stages of a transformer, we
-# write a tiny timer: a context manager that adds the seconds spent inside each
-# `with` block to a named total.
+# NumPy calls (`matmul` hides in `linear` and in the forward's own line for the
+# output head). To ask in our own words, the stages of a transformer, we write a
+# tiny timer: a context manager that adds the seconds spent inside each `with`
+# block to a named total. `profile_token` runs one step of the engine's own code
+# with its three biggest functions wrapped in that timer (the forward calls them
+# by name, so wrapping them for one step is enough); what is left of the step is
+# the embedding and the output head.
 
 # %%
 show(bench.StageTimer, bench.profile_token)
 
 # %%
 timer = bench.StageTimer()
-with threadpool_limits(1):
+with bench.blas_threads(1):
     for token in range(16):
         bench.profile_token(model, token, cache, timer)
 per_token = sum(timer.seconds.values()) / 16
@@ -160,7 +181,7 @@ show(bench.bytes_per_token, bench.decode_ceiling)
 show(bench.measure_bandwidth)
 
 # %%
-with threadpool_limits(1):
+with bench.blas_threads(1):
     rates = bench.measure_bandwidth(megabytes=128, repeats=3)
 for kind, gbs in rates.items():
     print(f"{kind:<24} {gbs:5.1f} GB/s")
@@ -179,31 +200,66 @@ print(f"{read / 1e6:.0f} MB per token at position 80 -> ceiling "
 # starts: decoding streams from main memory.
 
 # %%
-display(SVG(filename="docs/assets/charts/bandwidth-ladder.svg"))
+display(SVG(filename=CHARTS / "bandwidth-ladder.svg"))
 
 # %% [markdown]
-# ## A lean decoder
+# ## Near the roofline: the habits the engine keeps
 #
-# Chapter 20's `forward_cached` handles a chunk of any length $T$ and builds new
-# arrays at every step. For the decode step, where $T = 1$, we write a version that
-# does the same maths with four habits. Chapter 20's code stays as it is (earlier
-# pages stay true); the tests prove the two agree.
+# A decode step must stream half a gigabyte of weights; everything else it does
+# is overhead on top of that stream. These are the habits that keep the overhead
+# small. Each is in the engine itself, so the path a user runs
+# (`minigpt.generate` and `python -m minigpt generate`) is the fast one.
 #
-# **1. Allocate once, write with `out=`.** Every NumPy operation like `a + b`
-# allocates a fresh array for its result. One step of GPT-2 makes a few hundred of
-# them. Most NumPy functions accept an `out=` argument that writes into an
-# existing array instead, so we allocate every intermediate once, in a small
-# dataclass, and reuse it for every token.
+# **1. Compute only the logits you need.** The output head is the largest single
+# matrix: 50,257 × 768, a third of all the weights. In the prefill, every prompt
+# position could get a row of logits, but only the last one predicts the next
+# token. For a 512-token prompt that is $2 \cdot 512 \cdot 768 \cdot 50257
+# \approx 40$ billion operations spent on numbers nobody reads, about half as
+# much again as the whole stack of blocks. So `generate` asks chapter 20's
+# `forward_cached` for `last_only=True`, and the final norm and the head run on
+# one row. In the benchmark, a 64-token prefill took
+# {{ num(v("decode", "prefill_head.every_row_ms"), ".0f") }} ms with logits for
+# every row and {{ num(v("decode", "prefill_head.last_row_ms"), ".0f") }} ms with the
+# last row only. Here is the same measurement, now, on this page's model:
 
 # %%
-show(bench.DecodeBuffers, bench.layer_norm_into, bench.linear_into)
+ids64 = rng.integers(0, config.vocab_size, 64)
+with bench.blas_threads(1):
+    turns = bench.time_in_turns({
+        "every row": lambda: model.forward_cached(ids64, model.empty_cache()),
+        "last row": lambda: model.forward_cached(ids64, model.empty_cache(),
+                                                 last_only=True)}, rounds=3)
+for name, seconds in turns.items():
+    print(f"64-token prefill, logits for the {name:<9}: {seconds * 1e3:6.1f} ms")
 
 # %% [markdown]
-# **2. Float32 everywhere.** A float64 array is twice the bytes, so twice the
+# **2. Never sort what you only need the top of.** Sampling with top-k and top-p
+# (chapter 18) looks like it needs the 50,257 logits in order. It does not:
+# top-k needs only the tokens near the top, which `near_the_top` finds by
+# comparing every logit with a threshold below the maximum (one linear pass per
+# try), and top-p needs only the few tokens that can reach probability $p$, which
+# `candidates` finds the same way; only those few are then sorted. On this
+# machine one such pass beat NumPy's own partial sorts (`np.partition`,
+# `np.argpartition`) several times over. Everything stays in float32. One call of
+# `sample`
+# with temperature 0.8, top-k 40 and top-p 0.95 takes
+# {{ num(v("sampling", "sample_call_us.top-k 40, top-p 0.95"), ".0f") }} µs, against
+# {{ num(v("sampling", "sample_call_us.greedy"), ".0f") }} µs for greedy's argmax:
+# next to a decode step of tens of milliseconds, that predicts
+# {{ fig("sampling", "sampled_vs_greedy_from_call_times", ".0%") }} of greedy's
+# speed. Whole generations with those knobs, each round's pair run back to back,
+# came out at {{ fig("sampling", "sampled_vs_greedy", ".0%") }} of greedy's speed
+# (the median of the rounds' ratios; on a machine this busy, single rounds
+# scatter widely around it).
+#
+# **3. Float32 everywhere.** A float64 array is twice the bytes, so twice the
 # time for anything bandwidth-bound, and NumPy creates one silently whenever a
 # float32 array meets a float64 *array* or NumPy float64 scalar. A plain Python
 # float is "weak" and keeps float32 (NumPy 2's promotion rules), but
 # `np.sqrt(2 / np.pi)` returns a NumPy float64, which is not:
+
+# %%
+show(bench.float64_arrays)
 
 # %%
 x = np.ones(3, np.float32)
@@ -212,14 +268,7 @@ print((x * 0.5).dtype, (x * np.sqrt(2 / np.pi)).dtype,
 print("parameters that are not float32:", bench.float64_arrays(model.params))
 
 # %% [markdown]
-# That is why the in-place GELU below wraps its constant in `np.float32`. It also
-# keeps only one temporary array, where the plain formula makes several.
-
-# %%
-show(bench.gelu_tanh_inplace, bench.attend_one)
-
-# %% [markdown]
-# **3. Never copy the weights.** `load_model` memory-maps the file: each
+# **4. Never copy the weights.** `load_model` memory-maps the file: each
 # parameter is a read-only NumPy view of the file's bytes, and the operating
 # system pages them in when the decoder first touches them. Nothing is copied, so
 # the weights count once in the process's memory, and a second process that loads
@@ -234,47 +283,23 @@ while not isinstance(base, np.memmap):  # follow the chain of views to the file
 print("a view of a memory map of", Path(base.filename).name)
 
 # %% [markdown]
-# **4. Shape the output head.** The output head is the largest single matrix:
-# 50,257 × 768, a third of all the weights. In the decode step we write it as
-# `wte @ h`, a $[V, C] \times [C]$ product that reads each row of `wte` once, in
-# memory order, into a pre-allocated logits vector. In the prefill, chapter 20
-# computes logits for *every* prompt position, though only the last one predicts
-# the next token. For a 512-token prompt that is $2 \cdot 512 \cdot 768 \cdot
-# 50257 \approx 40$ billion operations spent on numbers nobody reads, about
-# half as much again as the whole stack of blocks. `prefill` scores only the last
-# row. Its attention is leaner too: it scales the queries ($T \cdot 64$ numbers
-# per head) instead of the scores ($T \cdot S$), adds a mask of $0$ and
-# $-\infty$ instead of selecting with `np.where`, and takes the softmax in place.
-
-# %%
-show(bench.decode_step, bench.attend_chunk, bench.block_chunk, bench.prefill,
-     bench.generate_fast)
-
-# %% [markdown]
-# Here is what the output head's shape is worth in the prefill, measured now
-# (one thread, a 128-token prompt):
-
-# %%
-h = rng.standard_normal((128, config.n_embd), dtype=np.float32)
-with threadpool_limits(1):
-    start = time.perf_counter()
-    every_row = h @ wte.T  # [T, C] @ [C, V] -> [T, V]
-    all_rows = time.perf_counter() - start
-    start = time.perf_counter()
-    last_row = wte @ h[-1]  # [V, C] @ [C] -> [V]
-    one_row = time.perf_counter() - start
-print(f"logits for all 128 rows: {all_rows * 1e3:.0f} ms, for the last row: "
-      f"{one_row * 1e3:.0f} ms; same last row: "
-      f"{np.allclose(every_row[-1], last_row, rtol=1e-4, atol=1e-4)}")
-
-# %% [markdown]
+# What about the many small arrays a step allocates, one for every `a + b`? NumPy
+# functions accept `out=` to write into an array allocated once, and an earlier
+# version of this chapter's code had a decode step written entirely that way. It
+# measured only a few percent faster than chapter 20's plain code: a step spends
+# its time streaming weights through BLAS, and the allocator is fast. A third copy
+# of the GPT-2 block was not worth a few percent, so the engine keeps the readable
+# one; exercise 3 below lets you write such a step and measure it yourself.
+#
 # ## BLAS threads
 #
 # NumPy hands every matrix product to a BLAS library (OpenBLAS here), which
-# starts its own threads, one per core by default. PyTorch does the same with
-# its own pool. `threadpoolctl` shows and limits NumPy's pools from Python, and
-# `torch.set_num_threads` limits PyTorch's, so both engines can be compared with
-# the same number of threads.
+# starts its own threads, one per core by default. `threadpoolctl` shows and
+# limits them from Python; `minigpt.bench.blas_threads` wraps it in a `with`
+# block, and the command line's `--threads N` uses it.
+
+# %%
+show(bench.blas_threads)
 
 # %%
 for pool in threadpool_info():
@@ -283,29 +308,81 @@ for pool in threadpool_info():
 # %% [markdown]
 # More threads are not always faster. A thread that finishes its share of a
 # product waits for the others at the end of it. Decoding does some seventy
-# products per token, most well under a millisecond long, so if another program holds
-# one of the cores, every product waits for a thread that is not running, and the
-# whole step crawls. On a quiet machine a second thread can pull more bandwidth;
-# on a busy one it can cost more than it gives. The benchmark measures both; the
-# chart below shows what it found on the machine that ran `make bench`.
+# products per token, most well under a millisecond long, so if another program
+# holds one of the cores, every product waits for a thread that is not running, and
+# the whole step crawls. `python -m benchmarks threads` times one decode step of
+# GPT-2 124M's shape with one and two BLAS threads, taking turns, twice: on the
+# machine as it was found, and with one busy process per core added.
+#
+# | machine | 1 thread | 2 threads | 2 threads / 1 thread |
+# |---|---|---|---|
+# | as found (load average {{ fig("threads", "as_found.load_average_1min", ".1f") }}) | {{ fig("threads", "as_found.step_ms.1", ".1f") }} ms | {{ fig("threads", "as_found.step_ms.2", ".1f") }} ms | {{ fig("threads", "as_found.two_vs_one", ".2f") }} |
+# | {{ v("threads", "busy_processes") }} busy processes added | {{ fig("threads", "loaded.step_ms.1", ".1f") }} ms | {{ fig("threads", "loaded.step_ms.2", ".1f") }} ms | {{ fig("threads", "loaded.two_vs_one", ".2f") }} |
+#
+# The machine these figures come from is shared with other work, so even "as
+# found" is not quiet; the load average (runnable processes, averaged over a
+# minute, on {{ v("threads", "cores") }} cores) says how busy it was. With the
+# cores taken by other programs, a second thread costs far more than it can give.
+# On an idle machine a second thread may pull somewhat more bandwidth than one,
+# but decoding is bound by memory, which one core can already nearly saturate:
+# the possible gain is small and the possible loss is large. Run
+# `python -m benchmarks threads` on your machine to see its own figures. **The command line therefore runs
+# one BLAS thread by default** (`--threads 1`); `--threads 2` (or `0`, the
+# library's own choice) is there for a machine you know to be idle. In Python,
+# `with minigpt.blas_threads(1): tokens = list(minigpt.generate(model, ids, 50))`
+# does the same; the generator must be consumed inside the `with` block, since
+# that is where the work happens.
 
 # %%
-display(SVG(filename="docs/assets/charts/decode-threads.svg"))
+display(SVG(filename=CHARTS / "decode-threads-load.svg"))
+
+# %% [markdown]
+# ## Start-up
+#
+# A user of the command line waits for the process to start, import NumPy, load
+# the model and the tokenizer, and run the prefill before the first word appears.
+# The biggest item used to be GPT-2's pre-tokenizer: its `\p{L}` and `\p{N}`
+# classes were built by asking `unicodedata` about all 1.1 million code points,
+# {{ fig("startup", "unicode_classes.computed_s", ".2f") }} s on the benchmark
+# machine. They now ship with the package as a small table (chapter 15), read in
+# {{ num(v("startup", "unicode_classes.from_table_s") * 1e3, ".1f") }} ms. On the
+# demo model, `python -m minigpt generate` shows its first generated text
+# {{ fig("startup", "first_token_s", ".2f") }} s after it was started (the median of
+# {{ v("startup", "runs") }} runs, measured by `python -m benchmarks startup` on the
+# same shared machine). Here is what one process pays for each step, now:
+
+# %%
+
+
+
+code = """
+import time; t0 = time.perf_counter()
+import minigpt; from minigpt.generate import generate
+t1 = time.perf_counter()
+m, tok = minigpt.load_model(minigpt.DEMO_MODEL), minigpt.load_tokenizer(minigpt.DEMO_MODEL)
+t2 = time.perf_counter(); ids = tok.encode("ROMEO:"); t3 = time.perf_counter()
+next(generate(m, ids, 1)); t4 = time.perf_counter()
+print(f"imports {t1 - t0:.3f} s, model and tokenizer {t2 - t1:.3f} s, "
+      f"encode {t3 - t2:.3f} s, prefill and first token {t4 - t3:.3f} s")
+"""
+print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                     cwd=ROOT, check=True).stdout)
 
 # %% [markdown]
 # ## Check: the same tokens
 #
 # A faster engine that says something else is a different engine. The tests in
-# `tests/test_bench.py` compare `generate_fast` with transformers' greedy
-# `generate` on random models, with chapter 19's `generate`, and the logits of
-# each decode step with `forward_cached`. The benchmark checks it again at full
-# size, on all 128 tokens. Here, on this page's model:
+# `tests/test_generate.py` compare `generate` with transformers' greedy
+# `generate` on random models, with and without the cache; `tests/test_kvcache.py`
+# checks that the last-row logits of the prefill equal the last row of the full
+# ones; the benchmark checks the tokens again at full size, on all 128 of them.
+# Here, on this page's model:
 
 # %%
-with threadpool_limits(1):
-    lean = list(bench.generate_fast(model, prompt, 24))
-    plain = list(generate(model, prompt, 24))
-print("identical tokens:", lean == plain, "|", lean[:8])
+with bench.blas_threads(1):
+    cached = list(minigpt.generate(model, prompt, 12, stop=()))
+    plain = list(minigpt.generate(model, prompt, 12, stop=(), use_cache=False))
+print("identical tokens:", cached == plain, "|", cached[:8])
 
 # %% [markdown]
 # ## Measure: against the ceiling, here and now
@@ -317,10 +394,10 @@ print("identical tokens:", lean == plain, "|", lean[:8])
 # compares their medians: both see the same machine.
 
 # %%
-show(bench.race_to_roofline)
+show(bench.race_to_roofline, bench.time_in_turns)
 
 # %%
-with threadpool_limits(1):
+with bench.blas_threads(1):
     race = bench.race_to_roofline(model, position=80, rounds=15)
 print(f"bandwidth {race['bandwidth_gb_s']:.1f} GB/s -> ceiling "
       f"{race['ceiling_tok_s']:.1f} tokens/s at position 80")
@@ -352,13 +429,13 @@ for name, rate in race["tok_s"].items():
 # files in every round, so that the difference, if your kernel makes one, shows:
 
 # %%
-record = json.loads(Path("benchmarks/results/decode.json").read_text())
+record = json.loads((RESULTS / "decode.json").read_text())
 r, machine = record["results"], record["machine"]
-print("median over rounds of the lean decoder's step speed / that round's ceiling:")
+print("median over rounds of the engine's step speed / that round's ceiling:")
 for label, key in (("copied in 64 MB pieces", "roofline_race"),
                    ("as transformers saved it", "roofline_race_file_as_saved")):
     race = r[key]
-    print(f"  {label:<25} {race['fraction']['minigpt (lean)']:4.0%} "
+    print(f"  {label:<25} {race['fraction']['minigpt']:4.0%} "
           f"(bandwidth {race['bandwidth_gb_s']:.1f} GB/s, {race['rounds']} rounds)")
 
 # %% [markdown]
@@ -367,10 +444,15 @@ for label, key in (("copied in 64 MB pieces", "roofline_race"),
 # `python -m benchmarks decode` runs the comparison the chapter set out to make:
 # GPT-2 124M's shape with random weights, saved once with safetensors so that
 # both engines read the same numbers, greedy decoding of a 16-token prompt plus
-# 128 new tokens, transformers on PyTorch and our two decoders taking turns in
+# 128 new tokens, transformers on PyTorch and `minigpt.generate` taking turns in
 # every round, on one thread each. The ceiling comes from the race above (the
 # file copied in large pieces), run on the same model in the same process. Every
-# engine's tokens are checked equal to transformers'. The figures below are read
+# engine's tokens are checked equal to transformers'. In that run, transformers
+# decoded {{ fig("decode", "decode.transformers.decode_tok_s", ".1f") }} tokens/s
+# and minigpt {{ fig("decode", "decode.minigpt.decode_tok_s", ".1f") }}
+# ({{ num(v("decode", "decode.minigpt.decode_tok_s") / v("decode",
+# "decode.transformers.decode_tok_s"), ".2f") }} times as fast), against a ceiling of
+# {{ fig("decode", "ceiling_tok_s", ".0f") }} tokens/s. The figures below are read
 # from the JSON it wrote, with the machine it ran on.
 
 # %%
@@ -385,16 +467,8 @@ nc = r["decode_no_cache"]
 print(f"minigpt, no cache: {nc['decode_tok_s']:.1f} tokens/s "
       f"(over {nc['new_tokens']} new tokens)")
 
-# %% [markdown]
-# Notice how close chapter 20's cached decoder is to the lean one; in some runs it
-# is even ahead. At one token per step both spend nearly all their time streaming
-# weights through the same BLAS products, so buffers and `out=` save allocations
-# and little time. The habits pay where the work is not a stream of weights:
-# the output head of the prefill, the memory the process holds, and keeping
-# float64 out.
-
 # %%
-display(SVG(filename="docs/assets/charts/decode-speed.svg"))
+display(SVG(filename=CHARTS / "decode-speed.svg"))
 
 # %% [markdown]
 # The latency of each token against its position shows why the cache matters and
@@ -402,7 +476,7 @@ display(SVG(filename="docs/assets/charts/decode-speed.svg"))
 # and the cached keys and values a token reads grow by only 74 KB per position.
 
 # %%
-display(SVG(filename="docs/assets/charts/decode-latency.svg"))
+display(SVG(filename=CHARTS / "decode-latency.svg"))
 
 # %% [markdown]
 # The prefill is a different animal: a 512-token prompt does 512 times the
@@ -410,48 +484,61 @@ display(SVG(filename="docs/assets/charts/decode-latency.svg"))
 # (ours and PyTorch's) does the heavy lifting and the engines are close.
 
 # %%
-display(SVG(filename="docs/assets/charts/decode-prefill.svg"))
+display(SVG(filename=CHARTS / "decode-prefill.svg"))
 
 # %% [markdown]
 # On the roofline chart, decoding sits on the sloped memory roof at half an
 # operation per byte, and prefills of longer prompts climb towards the flat
-# compute roof.
+# compute roof. A point's operations are counted by `forward_flops`: two per
+# block weight per token, and the output head once, since only the last row of
+# the prefill is scored.
 
 # %%
-display(SVG(filename="docs/assets/charts/roofline-gpt2.svg"))
+show(bench.forward_flops)
+
+# %%
+display(SVG(filename=CHARTS / "roofline-gpt2.svg"))
 
 # %% [markdown]
-# ### The targets
+# ### How close, in numbers
 #
-# The chapter set four targets for the full-size run. The table is generated from
-# the JSON; where a target is missed, it says so, with the gap.
+# The table holds the full-size run to four marks: faster than transformers,
+# near the bandwidth ceiling (measured twice, see below), a long prefill about as
+# fast as PyTorch's, and a process no bigger than its weight file. It is
+# generated from the JSON; where a mark is missed, it says so, with the gap. The
+# memory is measured in a fresh process that only loads and generates, by
+# reading the kernel's record of its peak:
 
 # %%
-rows = ["| target | wanted | measured | met? |", "|---|---|---|---|"]
+show(bench.peak_rss_bytes)
+
+# %%
+cells = []
 for name, t in r["targets"].items():
     op = "≤" if name.startswith("peak") else "≥"
     gap = "" if t["met"] else f" (gap {abs(t['measured'] - t['target']):.2f})"
-    rows.append(f"| {name} | {op} {t['target']} | {t['measured']:.2f} | "
-                f"{'yes' if t['met'] else 'no' + gap} |")
+    met = "yes" if t["met"] else "no" + gap
+    cells.append(f"<tr><td>{name}</td><td>{op} {t['target']}</td>"
+                 f"<td>{t['measured']:.2f}</td><td>{met}</td></tr>")
 mem = r["memory"]
-rows.append("")
-rows.append(f"Peak resident memory while generating: {mem['peak_rss_bytes'] / 1e6:.0f}"
-            f" MB for a {mem['weight_file_bytes'] / 1e6:.0f} MB weight file "
-            f"({mem['rss_after_load_bytes'] / 1e6:.0f} MB right after loading: "
-            f"the mapped weights arrive as they are first read).")
-display(Markdown("\n".join(rows)))
+display(HTML(
+    "<table><tr><th>measure</th><th>wanted</th><th>measured</th><th>met?</th></tr>"
+    + "".join(cells) + "</table>"
+    f"<p>Peak resident memory while generating: {mem['peak_rss_bytes'] / 1e6:.0f} MB"
+    f" for a {mem['weight_file_bytes'] / 1e6:.0f} MB weight file "
+    f"({mem['rss_after_load_bytes'] / 1e6:.0f} MB right after loading: the mapped "
+    f"weights arrive as they are first read).</p>"))
 
 # %% [markdown]
 # The ceiling appears twice, because there are two honest ways to hold a decoder
 # against it. *Decode step* is the roofline race: single steps, each timed right
 # after a stream of memory, medians of many rounds. *Whole generation* divides the
 # median speed of complete 128-token generations by the ceiling that the race
-# measured in the same rounds. Both run the same `decode_step`; what differs is
-# the timing. When we ran the two side by side in a quiet moment they agreed. In
-# the benchmark's rounds, on a machine shared with other work, the whole
-# generations usually came out lower: a round's race takes about a second, its
-# generations many seconds, and the machine's load can change in between. So the
-# table shows both.
+# measured in the same rounds. Both run the same engine; what differs is the
+# timing. In the benchmark's rounds, on a machine shared with other work, the
+# whole generations usually come out lower: a round's race takes about a second,
+# its generations many seconds, and the machine's load can change in between. So
+# the table shows both.
 #
 # The measurements were taken on a machine shared with other work, so absolute
 # figures move from run to run: the engines take turns in every round and the
@@ -463,12 +550,13 @@ display(Markdown("\n".join(rows)))
 #   products, one per weight matrix, plus the output head.
 # - Decoding reads every weight once per token, so memory bandwidth, not
 #   arithmetic, sets the ceiling: bandwidth / bytes per token.
-# - Allocate once and write with `out=`; keep everything float32 (beware NumPy
-#   float64 scalars); memory-map the weights so they are never copied.
-# - Compute only the logits you need: the last row in the prefill, `wte @ h` in the
-#   decode step.
-# - Control BLAS threads (threadpoolctl) and compare engines with the same count,
-#   taking turns, medians and ratios.
+# - Compute only the logits you need (the last row in the prefill); never sort
+#   the whole vocabulary to sample; keep everything float32 (beware NumPy float64
+#   scalars); memory-map the weights so they are never copied.
+# - Measure threads before trusting them: on a shared machine one BLAS thread
+#   decodes fastest, and it is the command line's default.
+# - Start quickly: ship what is expensive to compute and the same every time.
+# - Compare engines with the same thread count, taking turns, medians and ratios.
 #
 # ## Exercises
 #
@@ -479,9 +567,12 @@ display(Markdown("\n".join(rows)))
 # **2. Find the upcast.** The function `scale_rows` below returns float64 for a
 # float32 input. Find why and fix it without changing its maths.
 #
-# **3. Where does the prefill go?** Use `StageTimer` to time the blocks and the
-# output head of chapter 20's `forward_cached` for a 64-token prompt, once with
-# logits for every row and once for the last row only.
+# **3. Build it yourself: a layer norm into a buffer.** Write
+# `my_layer_norm_into(x, g, b, eps, out)`: chapter 9's `layer_norm` of one vector
+# `x` of shape `(C,)`, written into the preallocated `out` with NumPy's `out=`
+# arguments, allocating no array of size $C$ on the way. Check it against
+# `minigpt.layers.layer_norm` on the same inputs (`np.testing.assert_allclose`,
+# `rtol=1e-5`), then time both on a 768-vector.
 #
 # ### Solutions
 #
@@ -516,28 +607,29 @@ print(scale_rows(x).dtype, scale_rows_fixed(x).dtype,
       np.allclose(scale_rows(x), scale_rows_fixed(x), rtol=1e-6))
 
 # %% [markdown]
-# **Solution 3.** Time the same prompt through a fresh cache twice, then the output
-# head alone in both shapes. Most of the difference between the two passes is the
-# head; the rest is `prefill`'s leaner attention.
+# **Solution 3.** Subtract the mean into `out`, then scale it in place; the only
+# temporaries left are scalars. On a vector this small, both versions spend most
+# of their time in Python and NumPy's per-call overhead, which is why the engine
+# keeps the readable version.
 
 # %%
-timer = bench.StageTimer()
-ids = rng.integers(0, config.vocab_size, 64)
-with threadpool_limits(1):
-    for label in ("every row", "last row"):
-        cache = KVCache.empty(config)
-        with timer(f"blocks + head, {label}"):
-            if label == "every row":
-                forward_cached(model, ids, cache)
-            else:
-                bench.prefill(model, ids, cache)
-        with timer(f"head alone, {label}"):
-            if label == "every row":
-                model.params["wte"] @ np.ones((64, config.n_embd), np.float32).T
-            else:
-                model.params["wte"] @ np.ones(config.n_embd, np.float32)
-for stage, seconds in timer.seconds.items():
-    print(f"{stage:<28} {seconds * 1e3:7.1f} ms")
+def my_layer_norm_into(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
+                       out: np.ndarray) -> np.ndarray:
+    """layer_norm of one vector, written into out. x: (C,) -> (C,)"""
+    np.subtract(x, x.mean(), out=out)  # centred
+    np.multiply(out, 1 / np.sqrt(np.dot(out, out) / x.size + eps), out=out)
+    np.multiply(out, g, out=out)
+    return np.add(out, b, out=out)
+
+
+x, g, b = rng.standard_normal((3, 768), dtype=np.float32)
+out = np.empty(768, np.float32)
+np.testing.assert_allclose(my_layer_norm_into(x, g, b, 1e-5, out),
+                           layer_norm(x, g, b), rtol=1e-5, atol=1e-6)
+turns = bench.time_in_turns({"layer_norm": lambda: layer_norm(x, g, b),
+                             "into a buffer": lambda: my_layer_norm_into(
+                                 x, g, b, 1e-5, out)}, rounds=2000)
+print({name: f"{t * 1e6:.1f} µs" for name, t in turns.items()}, out.dtype)
 
 # %%
 workdir.cleanup()

@@ -1,0 +1,104 @@
+"""Every supported model type in one table: model_type -> how to load it.
+
+A checkpoint folder in Hugging Face's layout names its architecture in
+`config.json` (`"model_type": "gpt2"`, `"llama"`, ...). `load_model` and
+`load_tokenizer` read that name and call the loaders registered for it, so the
+command line and `minigpt.load_model` open any supported checkpoint, and a new
+model type is one more line in `LOADERS` (or one `register` call), with no change
+to the models or to generate(). Every loader returns a model with the interface
+of `minigpt.generate.LanguageModel`.
+
+Leaves out on purpose: remote code, and guessing a model type from tensor names
+when config.json does not give one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from minigpt.generate import LanguageModel, Tokenizer
+from minigpt.kvcache import CachedGPT
+from minigpt.llama import load_llama
+from minigpt.model import load_gpt2
+from minigpt.tokenizer_json import load_tokenizer_json
+from minigpt.weights import WeightsError
+
+__all__ = ["LOADERS", "Loader", "load_model", "load_tokenizer", "register"]
+
+
+# --8<-- [start:loader-table]
+class Loader(NamedTuple):
+    """How to open one model type: its model and its tokenizer, from a folder."""
+
+    model: Callable[[Path], LanguageModel]
+    tokenizer: Callable[[Path], Tokenizer]
+
+
+def load_cached_gpt2(folder: Path) -> CachedGPT:
+    """Chapter 17's GPT-2 with chapter 20's cache: what generate() wants."""
+    gpt = load_gpt2(folder)
+    return CachedGPT(gpt.config, gpt.params)
+
+
+# config.json's model_type -> its loaders
+LOADERS: dict[str, Loader] = {
+    "gpt2": Loader(load_cached_gpt2, load_tokenizer_json),
+    "llama": Loader(load_llama, load_tokenizer_json),
+}
+
+
+def register(model_type: str, loader: Loader) -> None:
+    """Teach load_model and load_tokenizer one more model type."""
+    LOADERS[model_type] = loader
+# --8<-- [end:loader-table]
+
+
+# --8<-- [start:load-any-model]
+def load_model(path: str | Path) -> LanguageModel:
+    """Any supported model from a folder holding config.json and model.safetensors."""
+    folder = Path(path)
+    # the weights are one file, or shards listed in an index (chapter 22)
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    for names in (("config.json",), weights):
+        if not any((folder / name).is_file() for name in names):
+            raise WeightsError(f"{folder}: no {names[0]} (a checkpoint folder has "
+                               f"config.json and model.safetensors)")
+    if saved_scheme(folder):  # int8 weights, which chapter 23's loader reads
+        raise WeightsError(f"{folder} holds {saved_scheme(folder)} weights: open it "
+                           f"with minigpt.quantize.load_quantized")
+    return loader_for(folder).model(folder)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint folder (or of a file inside it)."""
+    folder = Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    return loader_for(folder).tokenizer(folder)
+
+
+def loader_for(folder: Path) -> Loader:
+    """The loaders for config.json's model_type (no config.json: GPT-2's files)."""
+    if not (folder / "config.json").is_file():
+        return LOADERS["gpt2"]  # a bare vocabulary folder, as in chapter 15
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        kind = kind.get("model_type", "gpt2") if isinstance(kind, dict) else None
+    except ValueError:  # not JSON: the model's own loader says what is wrong
+        kind = "gpt2"
+    if kind not in LOADERS:
+        raise WeightsError(f"{folder / 'config.json'}: model_type {kind!r} is not "
+                           f"supported (known: {', '.join(sorted(LOADERS))})")
+    return LOADERS[kind]
+
+
+def saved_scheme(path: str | Path) -> str | None:
+    """The scheme a checkpoint folder was quantised with; None if it holds floats."""
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        return (raw.get("quantization_config") or {}).get("scheme")
+    except (OSError, ValueError, AttributeError):
+        return None  # the model's own loader will say what is wrong
+# --8<-- [end:load-any-model]
