@@ -1,4 +1,9 @@
-"""Fetch GPT-2 124M from the Hugging Face hub: progress, verification, resume.
+"""Fetch open models from the Hugging Face hub: progress, verification, resume.
+
+`MODELS` lists what `python -m minigpt download NAME` fetches: GPT-2 124M and
+355M, SmolLM2-135M (base and instruct) and TinyLlama-1.1B-Chat, each with its
+config, its tokenizer files and its weights: one `model.safetensors`, or the
+shards named by `model.safetensors.index.json`.
 
 Follows the hub's public HTTP interface, as `huggingface_hub` uses it: a HEAD
 request on `{hub}/{repo}/resolve/{revision}/{file}` (redirects not followed)
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import sys
 import urllib.error
@@ -30,21 +36,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["DownloadError", "MODELS", "download_model", "hub_url"]
+__all__ = ["DownloadError", "HubModel", "MODELS", "NotOnHub", "download_model",
+           "hub_url"]
 
-MODELS = {"gpt2": "openai-community/gpt2"}  # what `download NAME` accepts
-FILES = ["config.json", "vocab.json", "merges.txt", "model.safetensors"]
 CHUNK = 1 << 20  # read 1 MiB at a time
 TIMEOUT = 30  # seconds without a byte before we give up (and can resume)
 
 
+# --8<-- [start:download-errors]
 class DownloadError(RuntimeError):
     """A download that failed; the message says why and what to do."""
 
 
+class NotOnHub(DownloadError):
+    """The hub answered 404: the repository has no such file."""
+# --8<-- [end:download-errors]
+
+
+# --8<-- [start:hub-models]
+@dataclass(frozen=True)
+class HubModel:
+    """A model `download` knows: its hub repository and the files it needs."""
+
+    repo: str
+    files: tuple[str, ...]  # config and tokenizer; the weights are found apart
+    optional: tuple[str, ...] = ("generation_config.json",)  # fetched if present
+
+
+GPT2_FILES = ("config.json", "vocab.json", "merges.txt")
+JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+MODELS = {  # what `download NAME` accepts
+    "gpt2": HubModel("openai-community/gpt2", GPT2_FILES),
+    "gpt2-medium": HubModel("openai-community/gpt2-medium", GPT2_FILES),
+    "smollm2-135m": HubModel("HuggingFaceTB/SmolLM2-135M", JSON_FILES),
+    "smollm2-135m-instruct": HubModel("HuggingFaceTB/SmolLM2-135M-Instruct",
+                                      JSON_FILES),
+    "tinyllama-1.1b-chat": HubModel("TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+                                    JSON_FILES),
+}
+INDEX = "model.safetensors.index.json"  # a sharded checkpoint's table of shards
+# --8<-- [end:hub-models]
+
+
+# --8<-- [start:hub-url]
 def hub_url() -> str:
     """The hub's base address: MINIGPT_HUB_URL, or huggingface.co."""
     return os.environ.get("MINIGPT_HUB_URL", "https://huggingface.co").rstrip("/")
+# --8<-- [end:hub-url]
 
 
 # --8<-- [start:remote-file]
@@ -70,6 +108,8 @@ def remote_file(url: str) -> RemoteFile:
                 urllib.request.Request(url, method="HEAD"), timeout=TIMEOUT) as r:
             headers = r.headers
     except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise NotOnHub(f"{url}: HTTP 404 {exc.reason}") from None
         if exc.code not in (301, 302, 303, 307, 308):
             raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         headers = exc.headers  # an LFS file: a redirect to the storage server
@@ -143,6 +183,7 @@ def fetch(remote: RemoteFile, dest: Path, progress: TextIO | None) -> None:
 # --8<-- [end:fetch-resume]
 
 
+# --8<-- [start:copy-with-progress]
 def _copy(r, f, have: int, total: int, name: str, progress: TextIO | None) -> int:
     """Copy the response to f, drawing the progress bar; return bytes held."""
     while block := r.read(CHUNK):
@@ -155,6 +196,7 @@ def _copy(r, f, have: int, total: int, name: str, progress: TextIO | None) -> in
     if have < total:
         raise OSError(f"connection closed at byte {have}")
     return have
+# --8<-- [end:copy-with-progress]
 
 
 # --8<-- [start:progress-bar]
@@ -171,21 +213,50 @@ def progress_bar(name: str, done: int, total: int, width: int = 30) -> str:
 def download_model(name: str, folder: str | Path, base_url: str | None = None,
                    revision: str = "main", progress: TextIO | None = sys.stderr
                    ) -> Path:
-    """Fetch a model's weights, config and tokenizer into folder; return it."""
+    """Fetch a model's config, tokenizer and weights into folder; return it."""
     if name not in MODELS:
         raise DownloadError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    folder = Path(folder)
+    model, folder = MODELS[name], Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = (base_url or hub_url()).rstrip("/")
-    for file in FILES:
-        remote = remote_file(f"{base}/{MODELS[name]}/resolve/{revision}/{file}")
-        dest = folder / file
-        if dest.exists():
-            try:
-                verify(dest, remote)
-                continue  # already here and whole
-            except DownloadError:
-                dest.unlink()  # stale or damaged: fetch it again
-        fetch(remote, dest, progress)
+    base = f"{(base_url or hub_url()).rstrip('/')}/{model.repo}/resolve/{revision}"
+    for file in model.files:
+        get(base, file, folder, progress)
+    for file in model.optional:
+        try:
+            get(base, file, folder, progress)
+        except NotOnHub:
+            pass  # this checkpoint does without it
+    for file in weight_files(base, folder, progress):
+        get(base, file, folder, progress)
     return folder
+
+
+def get(base: str, file: str, folder: Path, progress: TextIO | None) -> None:
+    """One file: kept if already whole, else fetched (resuming) and verified."""
+    remote = remote_file(f"{base}/{file}")
+    dest = folder / file
+    if dest.exists():
+        try:
+            return verify(dest, remote)  # already here and whole
+        except DownloadError:
+            dest.unlink()  # stale or damaged: fetch it again
+    fetch(remote, dest, progress)
+
+
+def weight_files(base: str, folder: Path, progress: TextIO | None) -> list[str]:
+    """["model.safetensors"], or the shards listed by the index (fetched first)."""
+    try:
+        remote_file(f"{base}/model.safetensors")
+        return ["model.safetensors"]
+    except NotOnHub:
+        get(base, INDEX, folder, progress)  # no single file: a sharded checkpoint
+    try:
+        shards = set(json.loads((folder / INDEX).read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DownloadError(f"{INDEX}: not an index of shards (no weight_map)") \
+            from None
+    bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+    if bad:
+        raise DownloadError(f"{INDEX}: shard {bad[0]!r} is not a file name")
+    return sorted(shards)
 # --8<-- [end:download-model]

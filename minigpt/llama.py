@@ -4,17 +4,20 @@ Implements the decoder of LLaMA (Touvron et al., 2023) and its descendants as
 laid out by Hugging Face's `LlamaForCausalLM`, whose logits and greedy tokens the
 tests reproduce: pre-norm blocks with RMSNorm, a SwiGLU feed-forward, attention
 with fewer key/value heads than query heads (GQA), rotate-half RoPE from
-`minigpt.rope`, and an output head that may be tied to the embedding or not.
-`load_llama` reads a checkpoint folder (`config.json` with `model_type: "llama"`
-+ `model.safetensors`) through `minigpt.weights`, like GPT-2's.
+`minigpt.rope` (with linear `rope_scaling`), and an output head that may be tied
+to the embedding or not. `load_llama` reads a checkpoint folder (`config.json`
+with `model_type: "llama"` + `model.safetensors`, or the shards listed in
+`model.safetensors.index.json`) through `minigpt.weights`, like GPT-2's; its
+tokenizer is `minigpt.tokenizer_json`.
 
-Every forward pass goes through a KV cache: a cached decode step writes one row,
-and `forward(ids)` is the same code with a throwaway cache of exactly len(ids)
-rows, so the cached and uncached paths cannot drift apart.
+Every forward pass goes through a KV cache (`minigpt.kvcache.KVCache`, with
+n_kv_head heads): a cached decode step writes one row, and `forward(ids)` is the
+same code with a throwaway cache of exactly len(ids) rows, so the cached and
+uncached paths cannot drift apart.
 
 Leaves out on purpose: batches, biases in the projections (LLaMA has none),
-scaled RoPE variants (`rope_scaling`), sliding-window attention, sharded
-checkpoints, and the SentencePiece tokenizer that LLaMA checkpoints ship with.
+RoPE scaling other than linear (NTK, YaRN, Llama 3's frequency bands are refused
+by name), and sliding-window attention.
 """
 
 from __future__ import annotations
@@ -25,14 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from minigpt.attention import attention, merge_heads, split_heads
+from minigpt.kvcache import KVCache
 from minigpt.model import check_ids
 from minigpt.rope import rope_angles, rope_half
-from minigpt.weights import WeightsError, put, read_json, read_safetensors
+from minigpt.weights import (
+    WeightsError,
+    fill_params,
+    read_eos_ids,
+    read_json,
+    read_safetensors,
+)
 
-__all__ = ["LlamaCache", "LlamaConfig", "LlamaModel", "grouped_attention",
-           "llama_attention", "llama_block", "llama_forward", "llama_names",
-           "llama_params", "load_llama", "read_llama_config", "rms_norm", "silu",
-           "swiglu"]
+__all__ = ["LlamaConfig", "LlamaModel", "grouped_attention", "llama_attention",
+           "llama_block", "llama_forward", "llama_names", "llama_params",
+           "load_llama", "read_checkpoint", "read_llama_config", "rms_norm",
+           "rope_factor", "silu", "swiglu"]
 
 
 # --8<-- [start:llama-config]
@@ -50,7 +60,9 @@ class LlamaConfig:
     n_hidden: int = 11008             # SwiGLU width ("intermediate_size")
     rms_norm_eps: float = 1e-6        # added to the mean square in every RMSNorm
     rope_theta: float = 10000.0       # RoPE base: larger turns slower, reaches farther
+    rope_factor: float = 1.0          # linear rope_scaling: positions divided by it
     tie_word_embeddings: bool = False  # True: the output head is embed_tokens
+    eos_token_ids: tuple[int, ...] = ()  # generation stops at any of these
 # --8<-- [end:llama-config]
 
 
@@ -68,7 +80,9 @@ def read_llama_config(path: str | Path) -> LlamaConfig:
             head_dim=raw.get("head_dim") or raw["hidden_size"] // n_head,
             n_hidden=raw["intermediate_size"],
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6), rope_theta=rope_theta(raw),
-            tie_word_embeddings=raw.get("tie_word_embeddings", False))
+            rope_factor=rope_factor(path, raw),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            eos_token_ids=read_eos_ids(path, raw))
     except KeyError as exc:
         raise WeightsError(f"{path}: required field {exc} is missing") from None
     if config.n_head % config.n_kv_head:
@@ -83,7 +97,7 @@ def read_llama_config(path: str | Path) -> LlamaConfig:
 def rope_theta(raw: dict) -> float:
     """RoPE's base: transformers 5 nests it in rope_parameters, older files do not."""
     nested = raw.get("rope_parameters") or {}
-    return float(nested.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    return float(nested.get("rope_theta") or raw.get("rope_theta") or 10000.0)
 # --8<-- [end:read-llama-config]
 
 
@@ -96,11 +110,25 @@ def check_llama_supported(path: str | Path, raw: dict) -> None:
         if raw.get(key, value) != value:
             raise WeightsError(f"{path}: {key} is {raw[key]!r}; minigpt supports "
                                f"only {value!r}")
-    for key in ("rope_parameters", "rope_scaling"):  # new name, old name
-        kind = (raw.get(key) or {}).get("rope_type", "default")
-        if kind != "default":
-            raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; "
-                               f"minigpt supports only plain RoPE ('default')")
+
+
+def rope_factor(path: str | Path, raw: dict) -> float:
+    """Linear RoPE scaling's factor (1.0: none), from either spelling transformers
+    reads: rope_parameters (transformers 5) or rope_scaling ("type" or "rope_type")."""
+    for key in ("rope_parameters", "rope_scaling"):  # new name first, as transformers
+        scaling = raw.get(key) or {}
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind == "default":
+            continue
+        if kind != "linear":
+            raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; minigpt "
+                               f"supports plain RoPE ('default') and 'linear'")
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or not factor >= 1:
+            raise WeightsError(f"{path}: {key}: linear scaling needs a factor >= 1, "
+                               f"got {factor!r}")
+        return float(factor)
+    return 1.0
 # --8<-- [end:check-llama-supported]
 
 
@@ -146,45 +174,18 @@ def grouped_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
 # --8<-- [end:grouped-attention]
 
 
-# --8<-- [start:llama-cache]
-@dataclass
-class LlamaCache:
-    """Rotated keys and values of the tokens seen so far, per layer and kv head."""
-
-    k: np.ndarray  # [n_layer, n_kv_head, capacity, head_dim], rows 0..length-1 used
-    v: np.ndarray  # [n_layer, n_kv_head, capacity, head_dim]
-    length: int = 0  # how many positions are filled
-
-    @classmethod
-    def empty(cls, config: LlamaConfig, capacity: int | None = None) -> LlamaCache:
-        """Allocate once; GQA makes it n_head / n_kv_head times smaller than MHA's."""
-        shape = (config.n_layer, config.n_kv_head, capacity or config.n_ctx,
-                 config.head_dim)
-        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
-
-    def reset(self) -> None:
-        """Forget every token; the arrays are kept and overwritten later."""
-        self.length = 0
-# --8<-- [end:llama-cache]
-
-
 # --8<-- [start:llama-attention]
 def llama_attention(x: np.ndarray, q_proj: np.ndarray, k_proj: np.ndarray,
                     v_proj: np.ndarray, o_proj: np.ndarray, config: LlamaConfig,
-                    rope: tuple, cache: LlamaCache, layer: int) -> np.ndarray:
+                    rope: tuple, cache: KVCache, layer: int) -> np.ndarray:
     """GQA with RoPE for T new tokens after the cached ones. x: (T, C) -> (T, C)"""
-    T, start = len(x), cache.length
     q = split_heads(x @ q_proj, config.n_head)  # [T, C] -> [n_head, T, d]
     k = split_heads(x @ k_proj, config.n_kv_head)  # [T, C] -> [n_kv_head, T, d]
     v = split_heads(x @ v_proj, config.n_kv_head)
     q, k = rope_half(q, *rope), rope_half(k, *rope)  # turn by each token's position
     # keys are stored already rotated: a cached key never has to turn again
-    cache.k[layer, :, start:start + T] = k
-    cache.v[layer, :, start:start + T] = v
-    keys = cache.k[layer, :, :start + T]  # a view: [n_kv_head, start + T, d]
-    values = cache.v[layer, :, :start + T]
-    mask = None if T == 1 else np.tri(T, start + T, k=start, dtype=bool)
-    out = grouped_attention(q, keys, values, mask)  # [n_head, T, d]
+    keys, values = cache.store(layer, k, v)  # [n_kv_head, length + T, d]
+    out = grouped_attention(q, keys, values, cache.mask(len(x)))  # [n_head, T, d]
     return merge_heads(out) @ o_proj  # [T, n_head * d] -> [T, C]
 # --8<-- [end:llama-attention]
 
@@ -192,7 +193,7 @@ def llama_attention(x: np.ndarray, q_proj: np.ndarray, k_proj: np.ndarray,
 # --8<-- [start:llama-block]
 def llama_block(x: np.ndarray, input_layernorm: dict, self_attn: dict,
                 post_attention_layernorm: dict, mlp: dict, config: LlamaConfig,
-                rope: tuple, cache: LlamaCache, layer: int) -> np.ndarray:
+                rope: tuple, cache: KVCache, layer: int) -> np.ndarray:
     """One pre-norm LLaMA block. x: (T, C) -> (T, C)"""
     eps = config.rms_norm_eps
     h = rms_norm(x, **input_layernorm, eps=eps)
@@ -204,16 +205,15 @@ def llama_block(x: np.ndarray, input_layernorm: dict, self_attn: dict,
 
 # --8<-- [start:llama-forward]
 def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
-                  cache: LlamaCache) -> np.ndarray:
+                  cache: KVCache, last_only: bool = False) -> np.ndarray:
     """Logits of new tokens that follow the cached ones. ids: (T,) -> (T, V)"""
-    ids = check_ids(ids, config)
+    ids = check_ids(ids, config.n_ctx, config.vocab_size)
+    cache.check_room(len(ids))
     start, end = cache.length, cache.length + len(ids)
-    if end > cache.k.shape[2]:
-        raise ValueError(f"the cache holds {start} of {cache.k.shape[2]} positions; "
-                         f"{len(ids)} more do not fit")
 
     # no position table: positions enter as rotation angles, offset by the cache
-    rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta)
+    rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta,
+                       config.rope_factor)
     x = params["embed_tokens"][ids]  # [T] -> [T, C]
 
     # the residual stream through every block
@@ -223,6 +223,8 @@ def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
     cache.length = end  # every layer has written rows start..end-1
 
     # final norm, then the output head (tied or not)
+    if last_only:  # only the last position predicts the next token
+        x = x[-1:]  # [T, C] -> [1, C]
     x = rms_norm(x, **params["norm"], eps=config.rms_norm_eps)
     return x @ params["lm_head"]  # [T, C] @ [C, V] -> [T, V]
 # --8<-- [end:llama-forward]
@@ -231,34 +233,30 @@ def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
 # --8<-- [start:llama-model]
 @dataclass(frozen=True)
 class LlamaModel:
-    """A loaded LLaMA-style model; duck-types minigpt.model.GPT for generate()."""
+    """A loaded LLaMA-style model, with the interface generate() expects."""
 
     config: LlamaConfig
     params: dict  # {"embed_tokens", "layers": [block dicts], "norm", "lm_head"}
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         """Logits for a whole sequence. ids: (T,) -> (T, vocab_size)"""
-        ids = check_ids(ids, self.config)
-        cache = LlamaCache.empty(self.config, capacity=len(ids))  # used once
+        ids = check_ids(ids, self.config.n_ctx, self.config.vocab_size)
+        cache = self.empty_cache(capacity=len(ids))  # used once
         return llama_forward(self.params, self.config, ids, cache)
 
-    def empty_cache(self) -> LlamaCache:
-        """A cache for the longest sequence the model can read."""
-        return LlamaCache.empty(self.config)
+    def empty_cache(self, capacity: int | None = None) -> KVCache:
+        """A cache of n_kv_head heads: n_head / n_kv_head times smaller than MHA's."""
+        c = self.config
+        return KVCache.empty(c.n_layer, c.n_kv_head, capacity or c.n_ctx, c.head_dim)
 
-    def forward_cached(self, ids: np.ndarray, cache: LlamaCache) -> np.ndarray:
+    def forward_cached(self, ids: np.ndarray, cache: KVCache,
+                       last_only: bool = False) -> np.ndarray:
         """Logits of new tokens after those in the cache. ids: (T,) -> (T, V)"""
-        return llama_forward(self.params, self.config, ids, cache)
+        return llama_forward(self.params, self.config, ids, cache, last_only)
 # --8<-- [end:llama-model]
 
 
 # --8<-- [start:llama-name-table]
-# nn.Linear stores [out, in]; we multiply x @ w with w as [in, out], so these
-# tensors are transposed on load (a NumPy view: nothing is copied)
-TRANSPOSED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-              "down_proj", "lm_head")
-
-
 def llama_names(config: LlamaConfig) -> dict[str, tuple[tuple, tuple]]:
     """Hugging Face name -> (path in our params, shape on disk), for every tensor."""
     C, V, F = config.n_embd, config.vocab_size, config.n_hidden
@@ -285,39 +283,62 @@ def llama_names(config: LlamaConfig) -> dict[str, tuple[tuple, tuple]]:
 def llama_params(tensors: dict[str, np.ndarray], config: LlamaConfig,
                  source: str = "checkpoint") -> dict:
     """Checkpoint tensors -> our nested params, every name and shape checked."""
-    table = llama_names(config)
+    tensors = {name.removeprefix("model."): x for name, x in tensors.items()}
+    if config.tie_word_embeddings:  # tied: the head is the embedding, whatever
+        tensors.pop("lm_head.weight", None)  # the file holds
     params: dict = {"layers": [{} for _ in range(config.n_layer)]}
-    for name, x in tensors.items():
-        short = name.removeprefix("model.")  # LlamaModel saves without it
-        if short == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # tied: the head is the embedding, whatever the file holds
-        if short not in table:
-            raise WeightsError(f"{source}: tensor {name!r}: not a LLaMA parameter")
-        where, shape = table.pop(short)
-        if x.shape != shape:
-            raise WeightsError(f"{source}: tensor {name!r}: shape {list(x.shape)}, "
-                               f"expected {list(shape)} from the config")
-        x = np.asarray(x, dtype=np.float32)  # no copy if the file holds float32
-        put(params, where, x.T if where[-1] in TRANSPOSED else x)
-    if table:
-        raise WeightsError(f"{source}: tensor {next(iter(table))!r}: missing "
-                           f"({len(table)} missing in all)")
-    if config.tie_word_embeddings:
-        params["lm_head"] = params["embed_tokens"].T  # [V, C] -> [C, V], a view
+    fill_params(tensors, llama_names(config), params, source, "LLaMA")
+    # nn.Linear stores [out, in]; we multiply x @ w with w as [in, out], so the
+    # projections are transposed on load (a NumPy view: nothing is copied)
+    for block in params["layers"]:
+        for part in (block["self_attn"], block["mlp"]):
+            part.update({name: w.T for name, w in part.items()})
+    params["lm_head"] = (params["embed_tokens"] if config.tie_word_embeddings
+                         else params["lm_head"]).T  # [V, C] -> [C, V]
     return params
 # --8<-- [end:llama-params]
 
 
+# --8<-- [start:read-checkpoint]
+def read_checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Every tensor of a folder: model.safetensors, or the shards of its index."""
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file() or not index.is_file():
+        path = folder / "model.safetensors"
+        return read_safetensors(path), str(path)
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise WeightsError(f"{index}: no weight_map (tensor name -> shard file)")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):  # each shard file once
+        if Path(shard).name != shard:
+            raise WeightsError(f"{index}: shard {shard!r} is not a file name")
+        found = read_safetensors(folder / shard)  # memory-mapped, as one file is
+        wrong = [n for n in found if weight_map.get(n) != shard]
+        if wrong:
+            raise WeightsError(f"{folder / shard}: tensor {wrong[0]!r} is not "
+                               f"listed for this shard in {index.name}")
+        tensors.update(found)
+    absent = [name for name in weight_map if name not in tensors]
+    if absent:
+        raise WeightsError(f"{index}: tensor {absent[0]!r} is not in its shard "
+                           f"{weight_map[absent[0]]!r}")
+    return tensors, str(index)
+# --8<-- [end:read-checkpoint]
+
+
 # --8<-- [start:load-llama]
 def load_llama(path: str | Path) -> LlamaModel:
-    """A LLaMA-style model from a folder holding config.json and model.safetensors."""
+    """A LLaMA-style model from a folder: config.json and safetensors weights."""
     folder = Path(path)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise WeightsError(f"{folder}: no {name} (a checkpoint folder has "
-                               f"config.json and model.safetensors)")
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{folder}: no config.json (a checkpoint folder has "
+                           f"config.json and model.safetensors)")
+    if not any((folder / name).is_file() for name in
+               ("model.safetensors", "model.safetensors.index.json")):
+        raise WeightsError(f"{folder}: no model.safetensors (or its shards' "
+                           f"model.safetensors.index.json)")
     config = read_llama_config(folder / "config.json")
-    tensors = read_safetensors(folder / "model.safetensors")
-    params = llama_params(tensors, config, source=str(folder / "model.safetensors"))
-    return LlamaModel(config, params)
+    tensors, source = read_checkpoint(folder)
+    return LlamaModel(config, llama_params(tensors, config, source))
 # --8<-- [end:load-llama]

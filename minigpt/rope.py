@@ -8,9 +8,10 @@ Meta's original LLaMA code, and the "rotate-half" pairs (i, i + d/2) of Hugging
 Face's `LlamaForCausalLM`. They differ only by a permutation of the rows of the
 query and key projections, which `interleaved_to_half` applies.
 
-Leaves out on purpose: the scaled variants for longer contexts (linear, NTK,
-YaRN, Llama 3's frequency bands) and partial rotation (rotating only some of a
-head's features, as GPT-NeoX and Phi do).
+Linear scaling (positions divided by a factor, for a context stretched by that
+factor) is here; leaves out on purpose the other scaled variants for longer
+contexts (NTK, YaRN, Llama 3's frequency bands) and partial rotation (rotating
+only some of a head's features, as GPT-NeoX and Phi do).
 """
 
 from __future__ import annotations
@@ -33,22 +34,29 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
     return theta ** (-np.arange(0, head_dim, 2) / head_dim)
 
 
-def rope_angles(positions: np.ndarray, head_dim: int,
-                theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of every (position, pair) angle. positions: (T,) -> 2 x (T, d/2)"""
-    freqs = rope_frequencies(head_dim, theta)
+def rope_angles(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
+                factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of every (position, pair) angle. positions: (T,) -> 2 x (T, d/2)
+
+    factor > 1 is linear scaling ("position interpolation"): position m turns as
+    far as m / factor did, so a model stretched to factor times its trained
+    context sees only angles it was trained on.
+    """
+    freqs = rope_frequencies(head_dim, theta) / factor
     # angles in float64: position * frequency, rounded to float32 once at the end
     angles = np.outer(np.asarray(positions, dtype=np.float64), freqs)  # [T, d/2]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 # --8<-- [end:rope-frequencies]
 
 
+# --8<-- [start:rope-check-angles]
 def check_angles(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
     """Raise unless cos and sin are (T, d/2) for an x of shape (..., T, d)."""
     want = (*x.shape[-2:-1], x.shape[-1] // 2)
     if x.shape[-1] % 2 or cos.shape != want or sin.shape != want:
         raise ValueError(f"rope: x of shape {x.shape} needs an even last axis and "
                          f"cos, sin of shape {want}; got {cos.shape}, {sin.shape}")
+# --8<-- [end:rope-check-angles]
 
 
 # --8<-- [start:rope-interleaved]

@@ -1,11 +1,15 @@
 """`download`: against a local HTTP server on 127.0.0.1 that imitates the hub.
 
-The server serves a tiny checkpoint the way huggingface.co serves GPT-2: small
-files straight from git (ETag = git blob id), the weights as an LFS file (HEAD
+The server serves tiny checkpoints the way huggingface.co serves models: small
+files straight from git (ETag = git blob id), the weights as LFS files (HEAD
 answers 302 with X-Linked-Etag = SHA-256 and X-Linked-Size, GET redirects to a
 storage URL that honours Range). It can cut a transfer short, serve corrupted
-bytes, or answer 404. Expected hashes are computed here with hashlib and git's
-blob format; nothing touches the internet.
+bytes, or answer 404. Every model `download` offers is served under its own
+repository, in its own layout, scaled down (tests/llama_layouts.py): GPT-2's
+files, SmolLM2's byte-level tokenizer.json with tied BF16 weights, TinyLlama's
+SentencePiece-style tokenizer.json with its weights in shards. Expected hashes
+are computed here with hashlib and git's blob format; nothing touches the
+internet, so the real hub's answers are only imitated.
 """
 
 from __future__ import annotations
@@ -16,25 +20,28 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import minigpt
-from minigpt.__main__ import main
+from minigpt.__main__ import DOWNLOADS, main
 from minigpt.download import (
+    MODELS,
     DownloadError,
     download_model,
     file_digest,
     progress_bar,
     remote_file,
 )
+from tests.llama_layouts import write_llama
 from tests.test_cli import write_checkpoint
 
 REPO = "/openai-community/gpt2/resolve/main/"
-LFS = {"model.safetensors"}
 
 
 class Hub(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
+    repos: dict[str, dict[str, bytes]] = {}  # "org/name" -> file name -> bytes
+    files: dict[str, bytes] = {}  # GPT-2's, the repository most tests use
     cut_after: int | None = None  # close the next weights transfer after N bytes
     corrupt = False  # serve the weights with one byte flipped
     missing: set[str] = set()
@@ -51,22 +58,23 @@ class Hub(BaseHTTPRequestHandler):
 
     def answer(self, head: bool):
         if self.path.startswith("/cdn/"):
-            return self.send_lfs(self.path.removeprefix("/cdn/"), head)
+            repo, _, name = self.path.removeprefix("/cdn/").rpartition("/")
+            return self.send_lfs(self.repos[repo][name], head)
         if self.path.startswith("/gpt2/"):  # an old name: the hub redirects
             self.send_response(307)
             self.send_header("Location", self.path.replace("/gpt2/", REPO[:-13]))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        name = self.path.removeprefix(REPO)
-        if not self.path.startswith(REPO) or name not in self.files or \
-                name in self.missing:
+        repo, _, name = self.path.removeprefix("/").partition("/resolve/main/")
+        files = self.repos.get(repo, {})
+        if name not in files or name in self.missing:
             self.send_error(404, "Entry not found")
             return
-        data = self.files[name]
-        if name in LFS:
+        data = files[name]
+        if name.endswith(".safetensors"):  # weights live in LFS
             self.send_response(302)
-            self.send_header("Location", f"/cdn/{name}")
+            self.send_header("Location", f"/cdn/{repo}/{name}")
             self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
             self.send_header("X-Linked-Size", str(len(data)))
             self.send_header("Content-Length", "0")
@@ -80,8 +88,8 @@ class Hub(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(data)
 
-    def send_lfs(self, name: str, head: bool):
-        data = bytearray(self.files[name])
+    def send_lfs(self, original: bytes, head: bool):
+        data = bytearray(original)
         if Hub.corrupt:
             data[len(data) // 2] ^= 0xFF
         start, asked = 0, self.headers.get("Range")
@@ -109,9 +117,30 @@ def tiny(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("source"), seed=4)
 
 
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, Path]:
+    """A scaled-down checkpoint in the layout of every model `download` offers."""
+    made = tmp_path_factory.mktemp("layouts")
+    return {
+        "gpt2-medium": write_checkpoint(made / "gpt2-medium", seed=5),
+        "smollm2-135m": write_llama(made / "smollm2", "byte-level"),
+        "smollm2-135m-instruct": write_llama(made / "smollm2-instruct", "byte-level",
+                                             chat=True, seed=1),
+        "tinyllama-1.1b-chat": write_llama(made / "tinyllama", "sentencepiece",
+                                           chat=True, shards=3, seed=2),
+    }
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 @pytest.fixture
-def hub(tiny, monkeypatch):
-    Hub.files = {p.name: p.read_bytes() for p in tiny.iterdir()}
+def hub(tiny, layouts, monkeypatch):
+    Hub.files = read_folder(tiny)
+    Hub.repos = {MODELS["gpt2"].repo: Hub.files}
+    Hub.repos.update({MODELS[name].repo: read_folder(folder)
+                      for name, folder in layouts.items()})
     Hub.cut_after, Hub.corrupt, Hub.missing, Hub.ranges = None, False, set(), []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -217,3 +246,46 @@ def test_cli_download(hub, tiny, tmp_path, capsys):
 def test_progress_bar():
     assert progress_bar("model", 50, 200, width=8) == (
         "model              [##      ]  25.0%     0.0 / 0.0 MB")
+
+
+def test_the_cli_offers_every_model():
+    assert DOWNLOADS == list(MODELS)
+
+
+@pytest.mark.parametrize("name", ["gpt2-medium", "smollm2-135m",
+                                  "smollm2-135m-instruct", "tinyllama-1.1b-chat"])
+def test_every_model_downloads_and_runs(hub, layouts, tmp_path, name, capsys):
+    source = layouts[name]
+    assert main(["download", name, "--dir", str(tmp_path / name)]) == 0
+    assert "100.0%" in capsys.readouterr().err
+    got = tmp_path / name
+    assert read_folder(got) == read_folder(source)  # every file, shards included
+    model, tok = minigpt.load_model(got), minigpt.load_tokenizer(got)
+    ids = tok.encode("the user")
+    np.testing.assert_array_equal(model.forward(ids),
+                                  minigpt.load_model(source).forward(ids))
+    assert main(["generate", "the", "--model", str(got), "--max-new-tokens", "5",
+                 "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+
+
+def test_shards_resume_and_are_each_verified(hub, tmp_path):
+    repo = Hub.repos[MODELS["tinyllama-1.1b-chat"].repo]
+    shard = sorted(n for n in repo if n.startswith("model-"))[0]
+    size = len(repo[shard])
+    Hub.cut_after = size // 2
+    dest = tmp_path / "tl"
+    with pytest.raises(DownloadError, match=f"{shard}: transfer failed after "
+                                            f"{size // 2} of {size}"):
+        download_model("tinyllama-1.1b-chat", dest, progress=None)
+    assert (dest / "model.safetensors.index.json").is_file()
+    download_model("tinyllama-1.1b-chat", dest, progress=None)
+    assert Hub.ranges[-3:][0] == f"bytes={size // 2}-"  # the first shard resumed
+    assert read_folder(dest) == repo
+
+
+def test_a_bad_index_is_refused(hub, tmp_path):
+    repo = Hub.repos[MODELS["tinyllama-1.1b-chat"].repo]
+    repo["model.safetensors.index.json"] = b'{"weight_map": {"x": "../evil"}}'
+    with pytest.raises(DownloadError, match="shard '../evil' is not a file name"):
+        download_model("tinyllama-1.1b-chat", tmp_path / "tl", progress=None)

@@ -19,7 +19,6 @@ import pytest
 import minigpt
 from minigpt.generate import generate
 from minigpt.llama import (
-    LlamaCache,
     LlamaConfig,
     LlamaModel,
     grouped_attention,
@@ -207,8 +206,8 @@ def test_grouped_attention_equals_repeated_heads():
 def test_cache_is_smaller_with_fewer_kv_heads():
     base = dict(vocab_size=10, n_ctx=32, n_embd=64, n_layer=2, n_head=8, head_dim=8,
                 n_hidden=16)
-    mha = LlamaCache.empty(LlamaConfig(**base, n_kv_head=8))
-    gqa = LlamaCache.empty(LlamaConfig(**base, n_kv_head=2))
+    mha = LlamaModel(LlamaConfig(**base, n_kv_head=8), {}).empty_cache()
+    gqa = LlamaModel(LlamaConfig(**base, n_kv_head=2), {}).empty_cache()
     assert mha.k.shape == (2, 8, 32, 8) and gqa.k.shape == (2, 2, 32, 8)
     assert mha.k.nbytes == 4 * gqa.k.nbytes and gqa.k.dtype == np.float32
 
@@ -225,8 +224,11 @@ def write_config(folder, **changes) -> None:
     (dict(attention_bias=True), "attention_bias is True"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}),
      "rope_type 'llama3'"),
-    (dict(rope_scaling={"type": "linear", "rope_type": "linear"}),
-     "rope_type 'linear'"),
+    (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_type 'dynamic'"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type 'yarn'"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+     "rope_type 'longrope'"),
+    (dict(rope_scaling={"type": "linear"}), "linear scaling needs a factor >= 1"),
     (dict(num_key_value_heads=3), "not a multiple of num_key_value_heads 3"),
     (dict(model_type="gpt2"), "model_type is 'gpt2'"),
 ])
@@ -276,3 +278,105 @@ def test_a_full_cache_and_bad_ids_are_refused(tmp_path):
         model.forward(np.array([3, 50]))
     with pytest.raises(ValueError, match="more than the context of n_ctx=16"):
         model.forward(np.zeros(17, dtype=np.int64))
+
+
+# RoPE scaling. Past position 1,024 the reference's angles lose precision: it
+# computes position * inv_freq in float32, whose spacing near an angle of 1,100
+# radians is 2**-13 (1.2e-4 rad), while minigpt computes angles in float64 and
+# rounds cos and sin once. The logits then differ by about 1e-5 relative, so the
+# bound here is 1e-4 relative (the plain-RoPE tests above, at short positions,
+# use 1e-5).
+LONG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1200)
+LONG_TOLERANCE = 1e-4
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("spelling", ["rope_parameters", "rope_scaling-type",
+                                      "rope_scaling-rope_type"])
+def test_linear_rope_scaling_equals_transformers(tmp_path, spelling):
+    scaling = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    ref_model = reference_model(tmp_path, std=0.1, **LONG, rope_parameters=scaling)
+    if spelling != "rope_parameters":  # the older spelling of the same thing
+        key = spelling.split("-")[1]
+        write_config(tmp_path, rope_parameters=None, rope_theta=10000.0,
+                     rope_scaling={key: "linear", "factor": 4})
+        transformers = require("transformers")
+        reread = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+        assert reread.config.rope_parameters["rope_type"] == "linear"
+    model = load_llama(tmp_path)
+    assert model.config.rope_factor == 4.0
+    ids = np.random.default_rng(4).integers(0, 64, 1100)  # positions 0..1099
+    ours, ref = model.forward(ids), reference_logits(ref_model, ids)
+    rel = rel_error(ours, ref)
+    assert rel < LONG_TOLERANCE, f"relative error {rel:.2e}"
+    # without the scaling the logits are far off: the factor is really used
+    write_config(tmp_path, rope_parameters=None, rope_scaling=None)
+    assert rel_error(load_llama(tmp_path).forward(ids), ref) > 100 * rel
+
+
+@pytest.mark.reference
+def test_plain_rope_past_1024_positions(tmp_path):
+    ref_model = reference_model(tmp_path, std=0.1, **LONG)
+    ids = np.random.default_rng(5).integers(0, 64, 1100)
+    rel = rel_error(load_llama(tmp_path).forward(ids), reference_logits(ref_model, ids))
+    assert rel < LONG_TOLERANCE, f"relative error {rel:.2e}"
+
+
+@pytest.mark.reference
+def test_sharded_checkpoint_equals_transformers(tmp_path):
+    """save_pretrained(max_shard_size=...) writes an index and several shards."""
+    torch = require("torch")
+    ref_model = reference_model(tmp_path / "one", std=0.1, **SHAPES[1])
+    ref_model.to(torch.bfloat16).save_pretrained(tmp_path / "sharded",
+                                                 max_shard_size="40KB")
+    folder = tmp_path / "sharded"
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 2 and not (folder / "model.safetensors").exists()
+    model = load_llama(folder)
+    ids = np.random.default_rng(6).integers(0, 300, 30)
+    # transformers reads the shards back as float32: the same bf16-rounded weights
+    transformers = require("transformers")
+    reread = transformers.LlamaForCausalLM.from_pretrained(folder,
+                                                          dtype=torch.float32)
+    ref = reference_logits(reread.eval(), ids)
+    assert rel_error(model.forward(ids), ref) < 1e-5
+    assert isinstance(minigpt.load_model(folder), LlamaModel)  # the loader table
+    q = model.params["layers"][0]["self_attn"]["q_proj"]
+    assert q.dtype == np.float32  # BF16 on disk, float32 in memory
+
+
+@pytest.mark.reference
+def test_bad_shard_indexes_are_named(tmp_path):
+    torch = require("torch")
+    ref_model = reference_model(tmp_path / "one", **SHAPES[1])
+    folder = tmp_path / "sharded"
+    ref_model.to(torch.float16).save_pretrained(folder, max_shard_size="40KB")
+    index = folder / "model.safetensors.index.json"
+    raw = json.loads(index.read_text())
+    name, shard = next(iter(raw["weight_map"].items()))
+    other = next(s for s in raw["weight_map"].values() if s != shard)
+    index.write_text(json.dumps({**raw, "weight_map": {**raw["weight_map"],
+                                                       name: other}}))
+    with pytest.raises(WeightsError, match=f"{name!r} is not (listed for this "
+                                           f"shard|in its shard)"):
+        load_llama(folder)
+    index.write_text(json.dumps({**raw, "weight_map": {name: "../x.safetensors"}}))
+    with pytest.raises(WeightsError, match="is not a file name"):
+        load_llama(folder)
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(WeightsError, match="no weight_map"):
+        load_llama(folder)
+    index.unlink()
+    with pytest.raises(WeightsError, match="no model.safetensors"):
+        load_llama(folder)
+
+
+@pytest.mark.reference
+def test_eos_ids_come_from_the_checkpoint(tmp_path):
+    reference_model(tmp_path, **SHAPES[0])
+    write_config(tmp_path, eos_token_id=[2, 7])
+    assert load_llama(tmp_path).config.eos_token_ids == (2, 7)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 5}')
+    assert load_llama(tmp_path).config.eos_token_ids == (5,)

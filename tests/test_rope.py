@@ -154,3 +154,16 @@ def test_bad_input_is_named():
         rope_half(random((2, 5, 8)), cos, sin)
     with pytest.raises(ValueError, match="do not split into 3 heads"):
         interleaved_to_half(random((16, 4)), 3)
+
+
+def test_linear_scaling_divides_positions():
+    """factor f: position m turns as far as m / f did (position interpolation)."""
+    positions = np.arange(0, 4096, 7)
+    cos, sin = rope_angles(positions, 64, 10000.0, factor=4.0)
+    freqs = 10000.0 ** (-np.arange(0, 64, 2) / 64)  # written out, not imported
+    angles = np.outer(positions / 4.0, freqs)
+    np.testing.assert_allclose(cos, np.cos(angles), atol=1e-6)
+    np.testing.assert_allclose(sin, np.sin(angles), atol=1e-6)
+    plain = rope_angles(positions[positions % 4 == 0] // 4, 64)
+    scaled = rope_angles(positions[positions % 4 == 0], 64, factor=4.0)
+    np.testing.assert_allclose(scaled, plain, atol=1e-6)

@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minigpt.__main__ import DEFAULT_MODEL, build_parser  # noqa: E402
-from minigpt.generate import generate  # noqa: E402
-from minigpt.model import load_model  # noqa: E402
-from minigpt.tokenizer import load_tokenizer  # noqa: E402
+from minigpt.generate import generate, stream_text  # noqa: E402
+from minigpt.models import load_model, load_tokenizer  # noqa: E402
 
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
 
@@ -47,7 +46,7 @@ def measure(prompt: str = "ROMEO:", max_new_tokens: int = 600, seed: int = 0,
     settings = cli_defaults()
     ids = list(generate(model, tok.encode(prompt), max_new_tokens, seed=seed,
                         **settings))
-    text = tok.decode(ids)
+    text = "".join(stream_text(tok, ids))  # what the command line prints
     known = set(words(corpus.read_text(encoding="utf-8")))
     generated = words(text)
     real = sum(w in known for w in generated)
