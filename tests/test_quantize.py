@@ -1,0 +1,297 @@
+"""Tests for minigpt.quantize: error bounds, kernel vs NumPy, models, checkpoints, CLI.
+
+The bound every test leans on: with a scale d per group and q = round(x / d),
+|x - q * d| = d * |x / d - round(x / d)| <= d / 2, as long as |x / d| <= 127.5
+(no clipping). d = max|x| / 127 rounded to float16 (q8_0) moves d by at most a
+relative 2**-11, so max|x| / d <= 127 * (1 + 2**-11) < 127.5: never clipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import minigpt
+import minigpt.bench
+from minigpt import DEMO_MODEL
+from minigpt.__main__ import main
+from minigpt.generate import generate
+from minigpt.models import load_model
+from minigpt.quantize import (
+    KERNELS,
+    NO_NUMBA,
+    QuantMatrix,
+    dequantize,
+    load_quantized,
+    matmul_kernel,
+    matmul_numpy,
+    quantize_checkpoint,
+    quantize_groups,
+    quantize_matrix,
+    quantize_model,
+    saved_scheme,
+)
+from minigpt.weights import WeightsError
+from tests.reference import require
+
+SCHEMES = ["q8_0", "int8"]
+needs_numba = pytest.mark.skipif(not KERNELS, reason="numba is not installed")
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("group, scale_dtype", [(32, np.float16), (96, np.float32)])
+def test_rounding_error_is_at_most_half_a_scale(group, scale_dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 192)).astype(np.float32)
+    x[3, 5] = 40.0  # an outlier: its own group's scale grows, the others do not
+    q, d = quantize_groups(x, group, scale_dtype)
+    assert q.dtype == np.int8 and d.dtype == np.float32
+    assert d.shape == (7, 192 // group)
+    assert np.abs(q).max() <= 127
+    err = np.abs(x - dequantize(q, d)).reshape(7, -1, group)
+    # d / 2, plus float32 rounding of x / d and of q * d (a few ulp of |x|)
+    bound = d[..., None] / 2 + 4 * np.finfo(np.float32).eps * np.abs(x).max()
+    assert (err <= bound).all()
+    # the largest magnitude of each group lands on +-127 (its scale is exact there)
+    assert (np.abs(q).reshape(7, -1, group).max(axis=-1) == 127).all()
+    # the scales are what the file stores: float16 values for q8_0
+    assert np.array_equal(d, d.astype(scale_dtype).astype(np.float32))
+
+
+def test_groups_keep_an_outlier_local():
+    x = np.full((1, 64), 0.01, np.float32)
+    x[0, 0] = 10.0  # in group 0 only
+    q, d = quantize_groups(x, 32)
+    back = dequantize(q, d)
+    assert np.allclose(back[0, 32:], 0.01, rtol=1e-2)  # group 1 is untouched
+    assert np.all(back[0, 1:32] == 0)  # 0.01 < d/2 in the outlier's group
+    q_row, d_row = quantize_groups(x, 64, np.float32)  # one scale for the row
+    assert np.all(dequantize(q_row, d_row)[0, 1:] == 0)  # every small value lost
+
+
+def test_a_matrix_that_does_not_split_into_groups_is_named():
+    model = load_model(DEMO_MODEL)
+    params = {**model.params, "blocks": [dict(model.params["blocks"][0])]}
+    params["blocks"][0]["mlp"] = {"c_fc": {"w": np.ones((40, 8), np.float32),
+                                           "b": np.zeros(8, np.float32)}}
+    with pytest.raises(ValueError, match=r"params.blocks.0.mlp.c_fc.w \[40, 8\]"):
+        quantize_model(type(model)(model.config, params), "q8_0")
+
+
+def test_zero_groups_and_bad_inputs():
+    q, d = quantize_groups(np.zeros((2, 32), np.float32), 32)
+    assert not q.any() and not d.any()
+    with pytest.raises(ValueError, match="not a multiple of the group size 32"):
+        quantize_groups(np.ones((2, 40), np.float32), 32)
+    with pytest.raises(ValueError, match="not finite"):
+        quantize_groups(np.full((1, 32), np.inf, np.float32), 32)
+    with pytest.raises(ValueError, match="unknown scheme 'q4'"):
+        quantize_matrix(np.ones((2, 32), np.float32), "q4")
+
+
+@needs_numba
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("T", [1, 5])
+def test_kernel_and_numpy_fallback_agree(scheme, T):
+    rng = np.random.default_rng(1)
+    w = quantize_matrix(rng.standard_normal((70, 96)).astype(np.float32), scheme).T
+    x = rng.standard_normal((T, 96)).astype(np.float32)
+    fast, slow = matmul_kernel(x, w), matmul_numpy(x, w)
+    # the same products, summed in another order: float32 rounding only
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5 * np.abs(slow).max())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_products_are_close_to_float32(scheme):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((96, 64)).astype(np.float32) * 0.02  # a weight: x @ a
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    w = quantize_matrix(a.T, scheme).T
+    got = x @ w  # NumPy hands the product to QuantMatrix.__rmatmul__
+    assert got.shape == (3, 64) and got.dtype == np.float32
+    # each weight is off by at most d/2, so each output by sum_k |x_k| * d_k / 2
+    if scheme == "int8":  # float32 activations: only the weights are rounded
+        np.testing.assert_allclose(got, x @ dequantize(w.q, w.d).T, rtol=1e-4,
+                                   atol=1e-5)
+    assert rel_error(got, x @ a) < 0.02
+
+
+def test_quant_matrix_stands_in_for_an_array():
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((10, 64)).astype(np.float32)
+    w = quantize_matrix(table, "q8_0")
+    assert w.shape == (10, 64) and w.T.shape == (64, 10) and w.ndim == 2
+    assert w.nbytes == 10 * 64 + 10 * 2 * 4  # int8 data + float32 scales in memory
+    np.testing.assert_array_equal(w[[3, 1]], dequantize(w.q[[3, 1]], w.d[[3, 1]]))
+    assert w[2:4].shape == (2, 64) and w[5].shape == (64,)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    assert rel_error(x @ w.T, x @ table.T) < 0.02  # the tied head: x @ wte.T
+    with pytest.raises(ValueError, match="a table: use W.T"):
+        _ = x[:, :10] @ w
+    with pytest.raises(TypeError, match="by rows"):
+        _ = w.T[0]
+
+
+def demo_ids(n: int = 100) -> np.ndarray:
+    return np.arange(n) * 7 % 1000
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_demo_model_runs_unchanged(scheme):
+    model = load_model(DEMO_MODEL)
+    quantized = quantize_model(model, scheme)
+    assert type(quantized) is type(model)
+    assert isinstance(quantized.params["wte"], QuantMatrix)
+    assert isinstance(quantized.params["blocks"][0]["mlp"]["c_fc"]["w"], QuantMatrix)
+    assert quantized.params["blocks"][0]["ln_1"]["g"] is model.params["blocks"][0][
+        "ln_1"]["g"]  # vectors stay float32
+    ids = demo_ids()
+    full = quantized.forward(ids)
+    assert rel_error(full, model.forward(ids)) < 0.03
+    cache = quantized.empty_cache()  # the cache path agrees with the full pass
+    first = quantized.forward_cached(ids[:60], cache)
+    rest = quantized.forward_cached(ids[60:], cache)
+    np.testing.assert_allclose(np.concatenate([first, rest]), full, atol=1e-3)
+    tokens = list(generate(quantized, [1, 2, 3], 10, temperature=0.8, seed=0))
+    assert len(tokens) == 10
+
+
+@pytest.mark.parametrize("shape", [
+    dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64),
+    dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+         tie_word_embeddings=True),
+], ids=["untied-gqa", "tied"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_llama_models_quantize_and_round_trip(tmp_path, shape, scheme):
+    from tests.test_llama import reference_model
+
+    reference_model(tmp_path / "float", **shape)
+    model = load_model(tmp_path / "float")
+    quantized = quantize_model(model, scheme)
+    ids = np.arange(20) % shape["vocab_size"]
+    logits = quantized.forward(ids)
+    assert rel_error(logits, model.forward(ids)) < 0.03
+    if shape.get("tie_word_embeddings"):  # the head is the table, seen through .T
+        assert quantized.params["lm_head"].q is quantized.params["embed_tokens"].q
+    quantize_checkpoint(tmp_path / "float", tmp_path / "q", scheme)
+    loaded = load_quantized(tmp_path / "q")
+    assert type(loaded) is type(model)
+    assert rel_error(loaded.forward(ids), logits) < 5e-3  # see the test below
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_checkpoint_round_trip_is_exact_and_mapped(tmp_path, scheme):
+    out = quantize_checkpoint(DEMO_MODEL, tmp_path / "q", scheme)
+    assert saved_scheme(out) == scheme and saved_scheme(DEMO_MODEL) is None
+    assert (out / "vocab.json").read_bytes() == (DEMO_MODEL / "vocab.json").read_bytes()
+    model = quantize_model(load_model(DEMO_MODEL), scheme)
+    loaded = load_quantized(out)
+    for where in (("wte",), ("blocks", 2, "mlp", "c_proj", "w")):
+        a, b = model.params, loaded.params
+        for key in where:
+            a, b = a[key], b[key]
+        assert a.transposed == b.transposed and a.scheme == b.scheme
+        np.testing.assert_array_equal(a.q, b.q)
+        np.testing.assert_array_equal(a.d, b.d)
+        assert isinstance(b.q, np.memmap)  # read in place from the file
+    # the same weights; Numba compiles the kernel apart for read-only (mapped)
+    # arrays, and a different order of float32 sums may tip an activation's
+    # rounding now and then, so the logits agree closely rather than bit for bit
+    assert rel_error(loaded.forward(demo_ids()), model.forward(demo_ids())) < 5e-3
+    # about a quarter of float32's bytes: int8 data, scales, float32 vectors
+    n_params = sum(x.size for x in minigpt.bench.param_arrays(
+        load_model(DEMO_MODEL).params))
+    assert (out / "model.safetensors").stat().st_size < 0.3 * 4 * n_params
+
+
+@pytest.mark.parametrize("scheme, group, dtype", [("q8_0", 32, "float16"),
+                                                  ("int8", 192, "float32")])
+def test_the_file_reads_with_the_safetensors_library(tmp_path, scheme, group, dtype):
+    st = require("safetensors.numpy")
+    out = quantize_checkpoint(DEMO_MODEL, tmp_path / "q", scheme)
+    tensors = st.load_file(str(out / "model.safetensors"))
+    data = tensors[f"h.0.attn.c_attn.weight.{scheme}.data"]
+    scale = tensors[f"h.0.attn.c_attn.weight.{scheme}.scale"]
+    assert data.dtype == np.int8 and data.shape == (576, 192)  # [out, in] rows
+    assert scale.dtype == np.dtype(dtype) and scale.shape == (576, 192 // group)
+    assert tensors["h.0.ln_1.weight"].dtype == np.float32
+    weight = load_model(DEMO_MODEL).params["blocks"][0]["attn"]["c_attn"]["w"]
+    back = dequantize(data, scale.astype(np.float32)).T  # [in, out], GPT-2's layout
+    assert rel_error(back, weight) < 0.03
+
+
+def test_bad_quantized_checkpoints_are_named(tmp_path):
+    with pytest.raises(WeightsError, match="not a quantised GPT-2 or LLaMA"):
+        load_quantized(DEMO_MODEL)
+    out = quantize_checkpoint(DEMO_MODEL, tmp_path / "q", "q8_0")
+    raw = json.loads((out / "config.json").read_text())
+    raw["n_embd"] = 96  # the tensors no longer fit the config
+    raw["n_head"] = 4
+    (out / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="shape"):
+        load_quantized(out)
+    with pytest.raises(ValueError, match="must differ"):
+        quantize_checkpoint(out, out)
+
+
+def test_without_numba_the_numpy_path_runs_with_a_message(monkeypatch):
+    import minigpt.quantize as quantize
+
+    model = load_model(DEMO_MODEL)
+    want = quantize_model(model, "q8_0").forward(demo_ids(20))
+    monkeypatch.setattr(quantize, "KERNELS", {})
+    with pytest.warns(UserWarning, match="numba is not installed"):
+        slow = quantize.quantize_model(model, "q8_0")
+    assert "pip install numba" in NO_NUMBA
+    # the sums run in another order, so now and then an activation rounds the
+    # other way at a .5 boundary, and the layers above carry that on: well under
+    # the 1-3% that quantisation itself moves the logits (test above)
+    assert rel_error(slow.forward(demo_ids(20)), want) < 5e-3
+
+
+def test_cli_quantize_then_generate(tmp_path, capsys):
+    assert main(["quantize", str(DEMO_MODEL), str(tmp_path / "q")]) == 0
+    assert "saved q8_0" in capsys.readouterr().out
+    argv = ["generate", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0"]
+    assert main([*argv, "--model", str(tmp_path / "q")]) == 0
+    from_file = capsys.readouterr().out
+    assert main([*argv, "--model", str(DEMO_MODEL), "--quantize", "q8_0"]) == 0
+    assert capsys.readouterr().out == from_file  # the same weights, the same text
+    assert from_file.startswith("ROMEO:") and len(from_file) > len("ROMEO:\n")
+
+
+def one_line_error(capsys, argv: list[str], usage: bool = False) -> str:
+    """Exit 2 and the error line (argparse prints its usage lines above it)."""
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "".join(lines) and (usage or len(lines) == 1)
+    return lines[-1]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert "no such directory" in one_line_error(
+        capsys, ["quantize", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert "invalid choice: 'q4'" in one_line_error(
+        capsys, ["quantize", str(DEMO_MODEL), str(tmp_path / "o"), "--scheme", "q4"],
+        usage=True)
+    assert "invalid choice" in one_line_error(
+        capsys, ["generate", "hi", "--quantize", "fp8"], usage=True)
+    main(["quantize", str(DEMO_MODEL), str(tmp_path / "q")])
+    capsys.readouterr()
+    assert "holds q8_0 weights already" in one_line_error(
+        capsys, ["generate", "hi", "--model", str(tmp_path / "q"),
+                 "--quantize", "int8"])
+
+
+def test_exported():
+    assert minigpt.quantize_model is quantize_model
