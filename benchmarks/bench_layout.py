@@ -44,6 +44,25 @@ def caches() -> dict[str, str]:
     return found
 
 
+def cache_kib(found: dict[str, str]) -> dict[str, int]:
+    """{"L1d": 48, "L2": 1024, "L3": 32768} from caches(): sizes in KiB, by level."""
+    names = {"L1 Data": "L1d", "L2 Unified": "L2", "L3 Unified": "L3"}
+    units = {"K": 1, "M": 1024}
+    return {names[k]: int(v[:-1]) * units[v[-1]] for k, v in found.items()
+            if k in names and v[-1:] in units}
+
+
+def in_cache(size: int, rounds: int) -> dict[str, float]:
+    """ns per element for the same reads on an array that stays in the L2 cache."""
+    x = np.random.default_rng(2).standard_normal(size, dtype=np.float32)
+    fns = {"contiguous": lambda: read_contiguous(x, size)}
+    for s in STRIDES[1:5]:  # up to stride 16: still thousands of elements to read
+        fns[f"stride {s}"] = lambda s=s: read_strided(x, size // s, s)
+    seconds = time_alternating(fns, rounds=rounds, min_seconds=0.05)
+    reads = {"contiguous": size, **{f"stride {s}": size // s for s in STRIDES[1:5]}}
+    return {k: v / reads[k] * 1e9 for k, v in seconds.items()}
+
+
 def access(size: int, count: int, rounds: int) -> dict:
     """ns per element read: the whole array in order, every s-th element, or random."""
     rng = np.random.default_rng(0)
@@ -80,7 +99,10 @@ def run(quick: bool = False) -> dict:
     size, count, n, rounds = ((1 << 16, 1 << 12, 512, 3) if quick
                               else (1 << 26, 1 << 20, 4096, 9))
     machine = machine_info()
-    results = {"caches": caches(), "access": access(size, count, rounds),
+    results = {"caches": caches(), "cache_kib": cache_kib(caches()),
+               "access": access(size, count, rounds),
+               "in_cache": {"array_bytes": 4 * (1 << 17),  # 512 KiB: inside L2
+                            "ns_per_element": in_cache(1 << 17, rounds)},
                "sums": sums(n, rounds)}
     print(f"  random/contiguous {results['access']['random_over_contiguous']:.1f}x, "
           f"column/row {results['sums']['column_over_row']:.1f}x", flush=True)
@@ -92,31 +114,42 @@ def run(quick: bool = False) -> dict:
 def draw(results: dict, machine: dict) -> None:
     """Two SVG charts: ns per element by access pattern, and the three sums."""
     plt = pyplot()
+    with plt.rc_context({"font.size": 12}):  # narrow and large: readable on a phone
+        draw_access(plt, results, machine)
+        draw_sums(plt, results, machine)
+
+
+def draw_access(plt, results: dict, machine: dict) -> None:
     ns = results["access"]["ns_per_element"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.bar(list(ns), list(ns.values()), color="#3f51b5")
-    ax.bar_label(bars, labels=[f"{v:.2g}" for v in ns.values()], padding=2, fontsize=8)
+    labels = [k.replace("stride ", "s") for k in ns]  # "stride 16" -> "s16"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    bars = ax.bar(labels, list(ns.values()), color="#3f51b5")
+    ax.bar_label(bars, labels=[f"{v:.2g}" for v in ns.values()], padding=2, fontsize=10)
     ax.set_yscale("log")
     ax.set_ylim(top=max(ns.values()) * 2)  # room for the tallest bar's label
-    ax.set_ylabel("ns per element read (log scale)")
+    ax.set_ylabel("ns per element (log)")
+    ax.set_xlabel("contiguous, stride s, random")
     mb = results["access"]["array_bytes"] / 2**20
-    ax.set_title(f"Reading float32 values from a {mb:.0f} MiB array, in order, "
-                 "with a stride, at random")
-    ax.tick_params(axis="x", labelsize=8)
-    fig.text(0.01, 0.01, machine_caption(machine), fontsize=7, color="gray")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    ax.set_title(f"Reading float32 from a {mb:.0f} MiB array")
+    ax.tick_params(axis="x", labelsize=10)
+    fig.text(0.01, 0.01, machine_caption(machine), fontsize=8, color="gray")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(chart_path("layout-access"), format="svg")
     plt.close(fig)
 
+
+def draw_sums(plt, results: dict, machine: dict) -> None:
     sec = results["sums"]["seconds"]
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ms = [v * 1e3 for v in sec.values()][::-1]
-    bars = ax.barh(list(sec)[::-1], ms, color="#3f51b5")
+    names = [k.replace("copy, then row sums", "copy + rows") for k in sec][::-1]
+    bars = ax.barh(names, ms, color="#3f51b5")
     ax.bar_label(bars, labels=[f"{v:.3g} ms" for v in ms], padding=3)
+    ax.set_xlim(right=max(ms) * 1.35)  # room for the longest bar's label
     n = results["sums"]["n"]
     ax.set_xlabel("milliseconds (lower is better)")
-    ax.set_title(f"Summing a {n} x {n} float32 array, row by row or column by column")
-    fig.text(0.01, 0.01, machine_caption(machine), fontsize=7, color="gray")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    ax.set_title(f"Summing a {n} x {n} float32 array")
+    fig.text(0.01, 0.01, machine_caption(machine), fontsize=8, color="gray")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(chart_path("layout-sums"), format="svg")
     plt.close(fig)

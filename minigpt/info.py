@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 
+# --8<-- [start:machine-helpers]
 def cpu_model() -> str:
     """The CPU's marketing name, from /proc/cpuinfo where there is one."""
     try:
@@ -41,6 +42,7 @@ def blas_info() -> dict:
     return {"library": pool.get("internal_api", "unknown"),
             "version": pool.get("version", "unknown"),
             "threads": pool.get("num_threads")}
+# --8<-- [end:machine-helpers]
 
 
 # --8<-- [start:machine-info]
@@ -59,8 +61,10 @@ def machine_info() -> dict:
 # --8<-- [end:machine-info]
 
 
+# --8<-- [start:describe]
 def describe() -> str:
     """machine_info() as aligned `key: value` lines, for people."""
     info = machine_info()
     width = max(len(k) for k in info)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in info.items())
+# --8<-- [end:describe]

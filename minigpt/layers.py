@@ -45,7 +45,7 @@ def erfc(x: np.ndarray) -> np.ndarray:
     """1 - erf(x), accurate to a few float32 ulp. x: (...) -> (...)"""
     z = np.abs(x)
     t = 1 / (1 + 0.5 * z)
-    # A polynomial in t fitted to log(erfc(z) / t) (Numerical Recipes, erfcc)
+    # poly(t) is fitted to log(erfc(z) / t) + z*z (Numerical Recipes, erfcc)
     poly = 0.17087277
     for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807,
               -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223):

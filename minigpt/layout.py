@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# --8<-- [start:cache-line]
 CACHE_LINE_BYTES = 64  # x86-64 and most ARM cores move memory in 64-byte lines
+
+
+def floats_per_cache_line(dtype: np.dtype | type = np.float32) -> int:
+    """How many values of `dtype` share one cache line."""
+    return CACHE_LINE_BYTES // np.dtype(dtype).itemsize
+# --8<-- [end:cache-line]
 
 
 # --8<-- [start:access-patterns]
@@ -59,8 +66,3 @@ def column_sums_via_copy(x: np.ndarray) -> np.ndarray:
     """Copy the transpose into row-major order once, then sum rows. x: (R, C) -> (C,)"""
     return row_sums(np.ascontiguousarray(x.T))  # [R, C] -> [C, R], contiguous
 # --8<-- [end:column-sums-copy]
-
-
-def floats_per_cache_line(dtype: np.dtype | type = np.float32) -> int:
-    """How many values of `dtype` share one cache line."""
-    return CACHE_LINE_BYTES // np.dtype(dtype).itemsize

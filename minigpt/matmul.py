@@ -20,10 +20,12 @@ import re
 
 import numpy as np
 
+# --8<-- [start:optional-numba]
 try:
     from numba import njit
 except ImportError:  # the pure-Python and NumPy paths still work without numba
     njit = None
+# --8<-- [end:optional-numba]
 
 
 # --8<-- [start:check-matmul-shapes]
@@ -182,7 +184,6 @@ def compile_kernels() -> dict:
         "blocked": njit(fastmath=True)(matmul_blocked),  # fastmath: allow fused FMA
         "register": njit(fastmath=True)(matmul_register),  # ...and reordered sums
     }
-# --8<-- [end:compile-kernels]
 
 
 KERNELS = compile_kernels()
@@ -195,6 +196,7 @@ def compiled(name: str):
     if name not in KERNELS:
         raise KeyError(f"no kernel {name!r}; choose from {sorted(KERNELS)}")
     return KERNELS[name]
+# --8<-- [end:compile-kernels]
 
 
 # --8<-- [start:matmul-fast]

@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-Index = int | slice | tuple
-
 
 # --8<-- [start:row-major-strides]
 def row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -51,6 +49,10 @@ def broadcast_shapes(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
 # --8<-- [end:broadcast-shapes]
 
 
+# --8<-- [start:tensor-class]
+Index = int | slice | tuple  # what t[...] accepts: an int, a slice, or a tuple of them
+
+
 class Tensor:
     """An n-dimensional array of floats over flat storage, with views that share it.
 
@@ -59,6 +61,7 @@ class Tensor:
         >>> t.strides, t[1, 2], t.transpose(0, 1).shape
         ((3, 1), 5.0, (3, 2))
     """
+# --8<-- [end:tensor-class]
 
     # --8<-- [start:tensor-init]
     def __init__(self, storage: list[float], shape: Sequence[int],
@@ -79,17 +82,22 @@ class Tensor:
                                  f"offset {offset} reach outside {len(storage)} values")
     # --8<-- [end:tensor-init]
 
+    # --8<-- [start:tensor-size]
     @property
     def ndim(self) -> int:
+        """The number of axes: 2 for a matrix."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """The number of elements: the product of the shape (1 for shape ())."""
         return math.prod(self.shape)
 
     def __repr__(self) -> str:
+        """The layout, not the values: Tensor(shape=..., strides=..., offset=...)."""
         return (f"Tensor(shape={self.shape}, strides={self.strides}, "
                 f"offset={self.offset})")
+    # --8<-- [end:tensor-size]
 
     # --8<-- [start:tensor-position]
     def position(self, index: Sequence[int]) -> int:
@@ -128,6 +136,13 @@ class Tensor:
         if not shape:
             return self.storage[offset]  # every axis indexed: a single number
         return Tensor(self.storage, shape, strides, offset)
+
+    def tolist(self) -> list | float:
+        """Nested Python lists, like NumPy's tolist(): one index at a time."""
+        if self.ndim == 0:
+            return self.storage[self.offset]
+        return [self[i].tolist() if self.ndim > 1 else self[i]
+                for i in range(self.shape[0])]
     # --8<-- [end:tensor-getitem]
 
     # --8<-- [start:tensor-contiguous]
@@ -177,12 +192,12 @@ class Tensor:
         axes = list(range(self.ndim))
         axes[a], axes[b] = axes[b], axes[a]
         return self.permute(*axes)
-    # --8<-- [end:tensor-permute]
 
     @property
     def T(self) -> Tensor:
         """All axes reversed, like NumPy's .T (a view)."""
         return self.permute(*reversed(range(self.ndim)))
+    # --8<-- [end:tensor-permute]
 
     # --8<-- [start:tensor-numpy]
     def numpy(self) -> np.ndarray:
@@ -196,13 +211,6 @@ class Tensor:
         array = np.asarray(array)
         return Tensor([float(v) for v in array.ravel()], array.shape)
     # --8<-- [end:tensor-numpy]
-
-    def tolist(self) -> list | float:
-        """Nested Python lists, like NumPy's tolist()."""
-        if self.ndim == 0:
-            return self.storage[self.offset]
-        return [self[i].tolist() if self.ndim > 1 else self[i]
-                for i in range(self.shape[0])]
 
     # --8<-- [start:tensor-broadcast]
     def broadcast_to(self, shape: Sequence[int]) -> Tensor:
@@ -266,7 +274,6 @@ class Tensor:
         shape = [1 if a == axis else n for a, n in enumerate(self.shape)] if keepdims \
             else [self.shape[a] for a in rest]
         return Tensor(values, shape)
-    # --8<-- [end:tensor-reduce]
 
     def sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor | float:
         """Sum of all elements, or along `axis` (exactly rounded, by math.fsum)."""
@@ -275,3 +282,4 @@ class Tensor:
     def max(self, axis: int | None = None, keepdims: bool = False) -> Tensor | float:
         """Largest element, or the largest along `axis`."""
         return self.reduce(max, axis, keepdims)
+    # --8<-- [end:tensor-reduce]

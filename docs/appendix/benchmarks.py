@@ -1,3 +1,8 @@
+# ---
+# jupyter:
+#   render_macros: true
+# ---
+
 # %% [markdown]
 # # Appendix: Benchmarks
 #
@@ -59,8 +64,12 @@ plt.show()
 # %% [markdown]
 # ## Results from `make bench`
 #
-# Each chapter's benchmark saved its figures with the machine it ran on. Here is what
-# is on record, by topic.
+# Each chapter's benchmark saved its figures with the machine it ran on. The figures
+# quoted on this page come from these files:
+#
+# {{ measured("matmul", "layout", "bandwidth", "decode", "quant") }}
+#
+# and here is everything on record, by topic.
 
 # %%
 results = Path("benchmarks/results")
@@ -74,7 +83,16 @@ for path in sorted(results.glob("*.json")):
 # ## Matrix multiplication and memory layout (chapters 4 to 6)
 #
 # The GFLOPS ladder of chapter 6 (naive loops up to BLAS) and the memory-layout
-# figures of chapter 4, as `make bench` drew them.
+# figures of chapter 4, as `make bench` drew them. At $n$ = {{ fig("matmul",
+# "ladder.n") }} on one core, the ladder climbs from {{ fig("matmul",
+# "ladder.gflops.ijk", ".2f") }} GFLOPS for the naive ijk loop to {{ fig("matmul",
+# "ladder.gflops.register", ".0f") }} GFLOPS for the register-blocked kernel, and
+# BLAS reaches {{ fig("matmul", "ladder.gflops.blas", ".0f") }} GFLOPS, {{
+# num(v("matmul", "ladder.gflops.blas") / v("matmul", "ladder.gflops.ijk"), ".0f")
+# }} times the naive loop. Random reads cost {{ fig("layout",
+# "access.random_over_contiguous", ".0f") }} times as much per element as contiguous
+# ones, and summing the columns of a row-major matrix takes {{ fig("layout",
+# "sums.column_over_row", ".1f") }} times as long as summing its rows.
 
 # %%
 from IPython.display import SVG, display
@@ -91,7 +109,10 @@ for name in ("matmul-ladder", "matmul-sweep", "layout-access", "layout-sums"):
 #
 # How fast this machine streams float32 data, by the size of the array: arrays
 # that fit in a cache stream faster than main memory can deliver. The large-array
-# figure is the one the roofline uses.
+# figure is the one the roofline uses: from main memory, a matrix @ vector reads
+# {{ fig("bandwidth", "main_memory.1.read (matrix @ vector)", ".1f") }} GB/s with
+# one thread and {{ fig("bandwidth", "main_memory.2.read (matrix @ vector)", ".1f")
+# }} GB/s with two.
 
 # %%
 bw = json.loads((results / "bandwidth.json").read_text())["results"]
@@ -116,7 +137,14 @@ for threads, rates in bw["main_memory"].items():
 # `python -m benchmarks decode`: GPT-2 124M's shape with random weights, a
 # 16-token prompt and 128 new greedy tokens, transformers on PyTorch and minigpt
 # taking turns in every round with the same number of threads; the dashed line is
-# the memory-bandwidth ceiling measured in the same run.
+# the memory-bandwidth ceiling measured in the same run. With one thread,
+# transformers decodes {{ fig("decode", "decode.transformers.decode_tok_s", ".1f")
+# }} tokens/s and minigpt {{ fig("decode", "decode.minigpt.decode_tok_s", ".1f")
+# }} tokens/s ({{ num(v("decode", "decode.minigpt.decode_tok_s") / v("decode",
+# "decode.transformers.decode_tok_s"), ".2f") }}×), against a ceiling of {{
+# fig("decode", "ceiling_tok_s", ".0f") }} tokens/s: the {{ num(v("decode",
+# "bytes_per_token_mid") / 1e6, ".0f") }} MB a token reads, at the {{ fig("decode",
+# "bandwidth_gb_s", ".1f") }} GB/s measured alongside.
 
 # %%
 dec = json.loads((results / "decode.json").read_text())["results"]
@@ -201,8 +229,8 @@ plt.show()
 #
 # The roofline race of chapter 21 on the machine building this page: a small
 # GPT-2-shaped model (6 layers, width 512, a vocabulary of 8,192, about 23
-# million parameters) with random weights, single decode steps of chapter 20's
-# code and of the lean decoder timed in turns with a memory stream, one thread.
+# million parameters) with random weights, single decode steps of minigpt's
+# decoder timed in turns with a memory stream, one thread.
 
 # %%
 import tempfile
@@ -210,7 +238,7 @@ import tempfile
 from threadpoolctl import threadpool_limits
 
 from minigpt.bench import race_to_roofline, save_random_gpt2
-from minigpt.model import load_model
+from minigpt.models import load_model
 from minigpt.weights import GPTConfig
 
 small = GPTConfig(vocab_size=8192, n_ctx=256, n_embd=512, n_layer=6, n_head=8)
@@ -223,3 +251,34 @@ print(f"bandwidth {race['bandwidth_gb_s']:.1f} GB/s -> ceiling "
 for name, rate in race["tok_s"].items():
     print(f"{name:<16} {rate:5.0f} tokens/s = {rate / race['ceiling_tok_s']:.0%} "
           f"of the ceiling")
+
+# %% [markdown]
+# ## Quantisation (chapter 23)
+#
+# `python -m benchmarks quant`: the GPT-2 124M-shaped model saved in float32, q8_0
+# and int8, each file memory-mapped and decoding greedily through `generate()` in
+# alternating rounds at one and two threads; the dashes mark each variant's
+# bandwidth ceiling (one thread). At one thread, q8_0 decodes {{ fig("quant",
+# "derived.1.q8_0.speedup", ".2f") }}× as fast as float32 and int8 {{ fig("quant",
+# "derived.1.int8.speedup", ".2f") }}×; q8_0 moves the demo model's held-out
+# perplexity by {{ fig("quant", "demo.perplexity.q8_0.perplexity_change", "+.2%") }}.
+
+# %%
+quant = json.loads((results / "quant.json").read_text())["results"]
+schemes = list(quant["bytes_per_token"])
+y = np.arange(len(schemes))
+fig, ax = plt.subplots(figsize=(6, 3))
+for i, n in enumerate(quant["derived"]):
+    ax.barh(y + 0.4 * i - 0.2, [quant["threads"][n]["tok_s"][s] for s in schemes],
+            height=0.4, label=f"{n} thread(s)")
+for yy, s in zip(y, schemes, strict=True):
+    ceiling = quant["derived"]["1"][s]["ceiling_tok_s"]
+    ax.plot([ceiling, ceiling], [yy - 0.45, yy + 0.45], color="crimson", ls="--")
+ax.set_yticks(y, schemes)
+ax.invert_yaxis()
+ax.set_xlabel("decode tokens/s, GPT-2 124M shape")
+ax.legend(fontsize=8)
+plt.show()
+for name, t in quant["targets"].items():
+    print(f"{name:<38} measured {t['measured']:.3f}, target {t['target']}: "
+          f"{'met' if t['met'] else 'NOT met'}")
