@@ -1,0 +1,271 @@
+"""minigpt against llama.cpp, the C++ engine a CPU user would pick, in one run.
+
+python -m benchmarks peers [--quick]. llama.cpp's sources come from the
+llama-cpp-python source distribution on PyPI (it vendors llama.cpp with its
+`convert_hf_to_gguf.py` and `gguf-py`), pinned by version and SHA-256 and
+fetched by pip. `llama-bench` is built with CMake once, into the git-ignored
+folder .cache/peers/ (about 10 minutes on 2 cores); later runs reuse it.
+
+The checkpoint is GPT-2 124M's shape with random weights (transformers'
+`GPT2LMHeadModel(GPT2Config())` after `torch.manual_seed(0)`), the one the
+decode benchmark uses, converted to GGUF F32 and Q8_0 by the vendored
+converter. Both engines generate 128 tokens from an empty context (llama-bench's
+tg128; for minigpt, one prompt token then 128 steps), at 1 and at 2 threads,
+taking turns in every round; the medians and their ratios are saved to
+benchmarks/results/peers.json with llama.cpp's commit, and drawn as
+docs/assets/charts/peers-decode.svg.
+
+Skipped, with the reason printed, where CMake, a C++ compiler, PyTorch or
+transformers is missing, or where pip cannot reach the package index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
+
+LLAMA_CPP_PYTHON = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+CACHE = ROOT / ".cache" / "peers"
+NEW_TOKENS = 128
+THREADS = (1, 2)
+
+
+class Skip(Exception):
+    """The peer benchmark cannot run here; the message says why."""
+
+
+def missing_tools() -> list[str]:
+    """What this benchmark needs that the machine lacks."""
+    missing = [tool for tool in ("cmake",) if shutil.which(tool) is None]
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        missing.append("a C++ compiler")
+    for module in ("torch", "transformers"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    return missing
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def fetch_sources() -> Path:
+    """llama.cpp's source tree from the pinned llama-cpp-python sdist."""
+    source = CACHE / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    if (source / "vendor" / "llama.cpp" / "CMakeLists.txt").exists():
+        return source / "vendor" / "llama.cpp"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    requirement = CACHE / "requirement.txt"
+    requirement.write_text(
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON} --hash=sha256:{SDIST_SHA256}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "--require-hashes", "-r", str(requirement), "-d", str(CACHE)],
+        capture_output=True, text=True)
+    sdist = CACHE / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
+    if result.returncode != 0 or not sdist.exists():
+        raise Skip(f"pip could not fetch llama-cpp-python {LLAMA_CPP_PYTHON}: "
+                   f"{result.stderr.strip().splitlines()[-1:]}")
+    if sha256(sdist) != SDIST_SHA256:  # pip checked it; check what is on disk too
+        sdist.unlink()
+        raise Skip(f"{sdist.name} does not have the pinned SHA-256")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(CACHE, filter="data")
+    return source / "vendor" / "llama.cpp"
+
+
+def llama_cpp_commit() -> str:
+    """The llama.cpp commit the sdist vendors, from its changelog's newest entry."""
+    changelog = CACHE / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "CHANGELOG.md"
+    match = re.search(r"llama\.cpp@([0-9a-f]{7,40})", changelog.read_text("utf-8"))
+    return match.group(1) if match else "unknown"
+
+
+def build_llama_bench(source: Path) -> Path:
+    """Build llama-bench once (native CPU flags, no network code); its path."""
+    build = CACHE / f"build-{LLAMA_CPP_PYTHON}"
+    binary = build / "bin" / "llama-bench"
+    if binary.exists():
+        return binary
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+             "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    print("[peers] building llama-bench (once; about 10 minutes on 2 cores)",
+          flush=True)
+    for command in (["cmake", "-S", str(source), "-B", str(build), *flags],
+                    ["cmake", "--build", str(build), "--target", "llama-bench",
+                     "-j", str(os.cpu_count() or 1)]):
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return binary
+
+
+def save_checkpoint(folder: Path) -> None:
+    """Random GPT-2 124M in transformers' layout, with the vocabulary files."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).eval().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("n_ctx", config["n_positions"])  # transformers 5 omits it
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    vocab = ROOT / "data" / "gpt2"
+    if not (vocab / "encoder.json").exists():
+        raise Skip(f"the GPT-2 vocabulary is missing from {vocab}: run make install")
+    shutil.copy(vocab / "encoder.json", folder / "vocab.json")
+    shutil.copy(vocab / "vocab.bpe", folder / "merges.txt")
+
+
+def convert(source: Path, checkpoint: Path, kind: str, out: Path) -> Path:
+    """The checkpoint as GGUF (kind f32 or q8_0), by llama.cpp's own converter."""
+    target = out / f"gpt2-124m-{kind}.gguf"
+    if not target.exists():
+        env = dict(os.environ, PYTHONPATH=str(source / "gguf-py"))
+        subprocess.run([sys.executable, str(source / "convert_hf_to_gguf.py"),
+                        str(checkpoint), "--outtype", kind, "--outfile", str(target)],
+                       check=True, env=env, capture_output=True)
+    return target
+
+
+def llama_tok_s(binary: Path, gguf: Path, threads: int) -> float:
+    """llama-bench's tg128 tokens per second, one repetition."""
+    result = subprocess.run(
+        [str(binary), "-m", str(gguf), "-p", "0", "-n", str(NEW_TOKENS),
+         "-t", str(threads), "-r", "1", "-o", "json"],
+        check=True, capture_output=True, text=True)
+    return float(json.loads(result.stdout)[0]["avg_ts"])
+
+
+def minigpt_tok_s(model, threads: int) -> float:
+    """minigpt.generate's tokens per second over 128 steps from one token."""
+    from threadpoolctl import threadpool_limits
+
+    from minigpt import generate
+
+    with threadpool_limits(limits=threads):
+        _numba_threads(threads)
+        start = time.perf_counter()
+        n = sum(1 for _ in generate(model, [0], max_new_tokens=NEW_TOKENS))
+        return n / (time.perf_counter() - start)
+
+
+def _numba_threads(threads: int) -> None:
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def engines(source: Path, binary: Path, work: Path) -> dict:
+    """name -> function(threads) -> tok/s, for every engine and format compared."""
+    from minigpt import load_model
+
+    checkpoint = work / "gpt2-124m"
+    save_checkpoint(checkpoint)
+    f32 = convert(source, checkpoint, "f32", work)
+    q8_0 = convert(source, checkpoint, "q8_0", work)
+    found = {
+        "llama.cpp F32": lambda t: llama_tok_s(binary, f32, t),
+        "llama.cpp Q8_0": lambda t: llama_tok_s(binary, q8_0, t),
+    }
+    model = load_model(checkpoint)
+    found["minigpt float32"] = lambda t: minigpt_tok_s(model, t)
+    try:
+        from minigpt.quantize import quantize_model
+    except ImportError:
+        return found
+    q8 = quantize_model(model, "q8_0")
+    found["minigpt q8_0"] = lambda t: minigpt_tok_s(q8, t)
+    return found
+
+
+def measure(run: dict, rounds: int) -> dict[str, dict[int, float]]:
+    """Median tok/s of each engine at each thread count, engines taking turns."""
+    samples: dict[str, dict[int, list[float]]] = {
+        name: {t: [] for t in THREADS} for name in run}
+    for r in range(rounds):
+        for threads in THREADS:
+            for name, tok_s in run.items():
+                samples[name][threads].append(tok_s(threads))
+        print(f"[peers] round {r + 1}/{rounds} done", flush=True)
+    return {name: {t: statistics.median(v) for t, v in by.items()}
+            for name, by in samples.items()}
+
+
+def ratios(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    """minigpt over llama.cpp, float32 against F32 and q8_0 against Q8_0."""
+    pairs = {"float32_vs_f32": ("minigpt float32", "llama.cpp F32"),
+             "q8_0_vs_q8_0": ("minigpt q8_0", "llama.cpp Q8_0")}
+    return {key: {str(t): tok_s[ours][t] / tok_s[theirs][t] for t in THREADS}
+            for key, (ours, theirs) in pairs.items()
+            if ours in tok_s and theirs in tok_s}
+
+
+def draw(tok_s: dict[str, dict[int, float]], machine: dict) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(tok_s)
+    width = 0.8 / len(THREADS)
+    for k, threads in enumerate(THREADS):
+        values = [tok_s[n][threads] for n in names]
+        bars = ax.barh([i + k * width for i in range(len(names))], values, width,
+                       label=f"{threads} thread{'s' if threads > 1 else ''}")
+        ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=9)
+    ax.set_yticks([i + width / 2 for i in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"decode tokens/s, GPT-2 124M shape, {NEW_TOKENS} tokens "
+                  "(higher is better)")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title("minigpt and llama.cpp, taking turns in one run", fontsize=11)
+    fig.text(0.01, 0.01, machine_caption(machine), fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(chart_path("peers-decode"))
+    plt.close(fig)
+
+
+def run(quick: bool = False) -> None:
+    missing = missing_tools()
+    if missing:
+        print(f"[peers] skipped: needs {', '.join(missing)}")
+        return
+    try:
+        source = fetch_sources()
+        binary = build_llama_bench(source)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            tok_s = measure(engines(source, binary, work), rounds=1 if quick else 3)
+    except Skip as why:
+        print(f"[peers] skipped: {why}")
+        return
+    results = {
+        "model": "GPT-2 124M shape, random weights",
+        "new_tokens": NEW_TOKENS,
+        "rounds": 1 if quick else 3,
+        "llama_cpp": {"llama_cpp_python": LLAMA_CPP_PYTHON,
+                      "commit": llama_cpp_commit(), "sdist_sha256": SDIST_SHA256},
+        "tok_s": {name: {str(t): v for t, v in by.items()}
+                  for name, by in tok_s.items()},
+        "ratios": ratios(tok_s),
+    }
+    path = save_results("peers", results, command="python -m benchmarks peers")
+    draw(tok_s, json.loads(path.read_text())["machine"])
