@@ -34,3 +34,24 @@ def test_every_benchmark_runs_quick_and_writes_nothing():
     assert ran == expected
     changed = [p.name for p in OUTPUTS if p.stat().st_mtime_ns != before[p]]
     assert not changed, f"a quick run overwrote committed results: {changed}"
+
+
+def test_the_peer_benchmark_skips_cleanly_without_a_compiler(monkeypatch, capsys):
+    from benchmarks import bench_peers
+
+    monkeypatch.setattr(bench_peers.shutil, "which", lambda name: None)
+    assert "cmake" in bench_peers.missing_tools()
+    assert "a C++ compiler" in bench_peers.missing_tools()
+    before = {p: p.stat().st_mtime_ns for p in OUTPUTS}
+    bench_peers.run()
+    assert "[peers] skipped: needs cmake, a C++ compiler" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in OUTPUTS} == before
+
+
+def test_the_peer_ratios_compare_like_with_like():
+    from benchmarks.bench_peers import ratios
+
+    tok_s = {"llamacpp_f32": {1: 20.0, 2: 40.0}, "minigpt_float32": {1: 10.0, 2: 30.0},
+             "llamacpp_q8_0": {1: 50.0, 2: 80.0}}
+    # no minigpt q8_0 measured: that pair is left out, not divided by nothing
+    assert ratios(tok_s) == {"float32_vs_f32": {"1": 0.5, "2": 0.75}}

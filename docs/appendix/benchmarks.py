@@ -282,3 +282,21 @@ plt.show()
 for name, t in quant["targets"].items():
     print(f"{name:<38} measured {t['measured']:.3f}, target {t['target']}: "
           f"{'met' if t['met'] else 'NOT met'}")
+
+# %% [markdown]
+# ## Against llama.cpp (chapters 21 and 23)
+#
+# `python -m benchmarks peers`: llama.cpp's `llama-bench`, built from the sources that
+# `llama-cpp-python` {{ v("peers", "llama_cpp.llama_cpp_python") }} vendors (llama.cpp
+# commit `{{ v("peers", "llama_cpp.commit") }}`), and minigpt's `generate()` take turns
+# generating {{ v("peers", "new_tokens") }} tokens from the same random GPT-2 124M
+# checkpoint, at one and two threads. In float32, minigpt ran at
+# {{ fig("peers", "ratios.float32_vs_f32.1", ".2f") }}× llama.cpp's speed on one thread
+# and {{ fig("peers", "ratios.float32_vs_f32.2", ".2f") }}× on two; in Q8_0 at
+# {{ fig("peers", "ratios.q8_0_vs_q8_0.1", ".2f") }}× and
+# {{ fig("peers", "ratios.q8_0_vs_q8_0.2", ".2f") }}×.
+#
+# {{ measured("peers") }}
+
+# %%
+display(SVG(filename=str(charts / "peers-decode.svg")))

@@ -320,15 +320,17 @@ for pool in threadpool_info():
 # | {{ v("threads", "busy_processes") }} busy processes added | {{ fig("threads", "loaded.step_ms.1", ".1f") }} ms | {{ fig("threads", "loaded.step_ms.2", ".1f") }} ms | {{ fig("threads", "loaded.two_vs_one", ".2f") }} |
 #
 # The machine these figures come from is shared with other work, so even "as
-# found" is not quiet; the load average (runnable processes, averaged over a
-# minute, on {{ v("threads", "cores") }} cores) says how busy it was. With the
-# cores taken by other programs, a second thread costs far more than it can give.
-# On an idle machine a second thread may pull somewhat more bandwidth than one,
-# but decoding is bound by memory, which one core can already nearly saturate:
-# the possible gain is small and the possible loss is large. Run
-# `python -m benchmarks threads` on your machine to see its own figures. **The command line therefore runs
-# one BLAS thread by default** (`--threads 1`); `--threads 2` (or `0`, the
-# library's own choice) is there for a machine you know to be idle. In Python,
+# found" may not be quiet; the load average (runnable processes, averaged over a
+# minute, on {{ v("threads", "cores") }} cores) says how busy it was. Two threads
+# can pull more bandwidth than one when both cores are free: as found, they made a
+# step {{ num(1 / v("threads", "as_found.two_vs_one"), ".2f") }} times as fast.
+# With the cores taken by other programs, the same second thread made the step
+# {{ fig("threads", "loaded.two_vs_one", ".2f") }} times as slow, because every
+# product waits for a thread that is not running. A program cannot know which
+# machine it will meet, and a slow-down is the worse surprise. **The command
+# line therefore runs one BLAS thread by default** (`--threads 1`); `--threads 2`
+# (or `0`, the library's own choice) is there for a machine you know to be idle,
+# and `python -m benchmarks threads` measures which is faster on yours. In Python,
 # `with minigpt.blas_threads(1): tokens = list(minigpt.generate(model, ids, 50))`
 # does the same; the generator must be consumed inside the `with` block, since
 # that is where the work happens.
@@ -543,7 +545,50 @@ display(HTML(
 # The measurements were taken on a machine shared with other work, so absolute
 # figures move from run to run: the engines take turns in every round and the
 # ratios are what to trust. Run `make bench` on a quiet machine to see your own.
+
+# %% [markdown]
+# ## Against llama.cpp
 #
+# transformers is a fair peer for correctness, but not the engine a CPU user
+# would pick: that is llama.cpp, written in C++ with hand-tuned kernels.
+# `python -m benchmarks peers` builds its `llama-bench` from the sources that the
+# `llama-cpp-python` package vendors (version
+# {{ v("peers", "llama_cpp.llama_cpp_python") }}, llama.cpp commit
+# `{{ v("peers", "llama_cpp.commit") }}`), converts the same random GPT-2 124M
+# checkpoint to llama.cpp's GGUF format with llama.cpp's own converter, and lets
+# the two engines take turns generating {{ v("peers", "new_tokens") }} tokens, at
+# one and at two threads.
+#
+# | tokens/s | 1 thread | 2 threads |
+# |---|---|---|
+# | llama.cpp, float32 | {{ fig("peers", "tok_s.llamacpp_f32.1", ".1f") }} | {{ fig("peers", "tok_s.llamacpp_f32.2", ".1f") }} |
+# | minigpt, float32 | {{ fig("peers", "tok_s.minigpt_float32.1", ".1f") }} | {{ fig("peers", "tok_s.minigpt_float32.2", ".1f") }} |
+# | minigpt / llama.cpp | {{ fig("peers", "ratios.float32_vs_f32.1", ".2f") }} | {{ fig("peers", "ratios.float32_vs_f32.2", ".2f") }} |
+#
+# llama.cpp is faster, and the one-thread row says where it starts: it decoded
+# {{ fig("peers", "tok_s.llamacpp_f32.1", ".1f") }} tokens/s from the same
+# {{ num(v("decode", "weight_bytes") / 1e6, ".0f") }} MB of weights, which is
+# {{ num(v("peers", "tok_s.llamacpp_f32.1") * v("decode", "weight_bytes") / 1e9, ".1f") }}
+# GB/s, above the {{ fig("decode", "bandwidth_gb_s", ".1f") }} GB/s that our NumPy
+# stream measured as this chapter's ceiling (in another run, on the same machine).
+# So that ceiling is the speed at which NumPy and OpenBLAS read memory on one core,
+# not the speed of the memory itself; llama.cpp's hand-written vector loops get
+# closer to it. The second thread widens the gap. llama.cpp keeps its threads
+# spinning between operations and splits every operation of a token across them;
+# going from one thread to two made it
+# {{ num(v("peers", "tok_s.llamacpp_f32.2") / v("peers", "tok_s.llamacpp_f32.1"), ".2f") }}
+# times as fast. Our engine splits work only inside each of the seventy or so
+# matrix products of a token, through OpenBLAS, and every product ends with the
+# two threads waiting for each other; the work between the products (layer norms,
+# attention over the cache, sampling) runs on one core. Two threads made it
+# {{ num(v("peers", "tok_s.minigpt_float32.2") / v("peers", "tok_s.minigpt_float32.1"), ".2f") }}
+# times as fast. Chapter 23 reads fewer bytes and compares the two engines again,
+# with 8-bit weights.
+
+# %%
+display(SVG(filename=CHARTS / "peers-decode.svg"))
+
+# %% [markdown]
 # ## Recap
 #
 # - Profile before optimising: one decode token is nearly all matrix-vector
