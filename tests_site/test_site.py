@@ -44,7 +44,12 @@ AUDIT_JS = """
     if (!svg) problems.push(`diagram not rendered: ${el.textContent.slice(0, 60)}`);
     else if (/Syntax error|Parse error/i.test(svg.textContent)) problems.push('diagram has a syntax error');
   }
-  const text = document.querySelector('article') ? document.querySelector('article').innerText : '';
+  // prose only: code may hold a backslash-bracket (a regex), and rendered math
+  // keeps its TeX source; neither is a delimiter left unrendered
+  const article = document.querySelector('article');
+  const prose = article ? article.cloneNode(true) : null;
+  if (prose) prose.querySelectorAll('pre, code, .katex, script, style').forEach((el) => el.remove());
+  const text = prose ? prose.textContent : '';
   if (/\\$\\$|\\\\\\(|\\\\\\[/.test(text)) problems.push('raw TeX delimiters left in the text');
   return problems;
 }
