@@ -86,11 +86,11 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 # --8<-- [start:unicode-classes]
-def category_ranges(prefixes: str) -> list[tuple[int, int]]:
-    """Runs of code points whose Unicode category starts with one of prefixes."""
+def category_ranges(prefix: str) -> list[tuple[int, int]]:
+    """Runs of code points whose Unicode category starts with prefix ("L", "Lu")."""
     ranges, start = [], None
     for cp in range(0x110000):
-        inside = unicodedata.category(chr(cp))[0] in prefixes
+        inside = unicodedata.category(chr(cp)).startswith(prefix)
         if inside and start is None:
             start = cp
         elif not inside and start is not None:

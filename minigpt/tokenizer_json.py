@@ -33,6 +33,7 @@ from minigpt.tokenizer import (
     SPACE,
     ByteBPE,
     bytes_to_unicode,
+    category_ranges,
     char_class,
     gpt2_pattern,
     letters_and_numbers,
@@ -57,15 +58,6 @@ class TokenizerJsonError(ValueError):
 
 
 @functools.cache
-def categories() -> dict[str, list[int]]:
-    """Unicode category ("Lu", "Nd", ...) -> its code points, in one pass."""
-    found: dict[str, list[int]] = {}
-    for cp in range(0x110000):
-        found.setdefault(unicodedata.category(chr(cp)), []).append(cp)
-    return found
-
-
-@functools.cache
 def unicode_class(name: str) -> str:
     """The inside of a `re` class for \\p{name}: "L" takes Lu, Ll, Lt, Lm, Lo."""
     if name == "s":
@@ -73,13 +65,10 @@ def unicode_class(name: str) -> str:
     if name in ("L", "N"):  # the common two ship precomputed (chapter 15)
         letters, numbers = letters_and_numbers()
         return char_class(letters if name == "L" else numbers)
-    cps = sorted(cp for cat, found in categories().items() if cat.startswith(name)
-                 for cp in found)
-    if not cps or len(name) > 2:
+    ranges = category_ranges(name) if len(name) <= 2 else []  # a walk, once each
+    if not ranges:
         raise TokenizerJsonError(f"regex: unknown Unicode class \\p{{{name}}}")
-    starts = [b for a, b in pairwise([-2, *cps]) if b != a + 1]  # a run begins
-    ends = [a for a, b in pairwise([*cps, -2]) if b != a + 1]  # a run ends
-    return char_class(list(zip(starts, ends, strict=True)))
+    return char_class(ranges)
 
 
 def translate_regex(pattern: str) -> re.Pattern:
