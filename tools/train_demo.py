@@ -234,13 +234,18 @@ def train_sentencepiece_bpe(text: str, vocab_size: int) -> Tokenizer:
     return tok
 
 
+def save_weights(tensors: dict[str, torch.Tensor], folder: Path,
+                 dtype: torch.dtype) -> None:
+    """Write model.safetensors into folder, every tensor cast to dtype."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to(dtype).contiguous() for name, t in tensors.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def export_llama(model: SmallLlama, tok: Tokenizer, args: argparse.Namespace,
                  folder: Path, dtype: torch.dtype = torch.float16) -> None:
     """Hugging Face LLaMA files: config, safetensors, tokenizer.json and configs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to(dtype).contiguous()
-               for name, t in llama_tensors(model).items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(llama_tensors(model), folder, dtype)
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
               "vocab_size": tok.get_vocab_size(), "hidden_size": args.n_embd,
               "intermediate_size": args.n_hidden, "num_hidden_layers": args.n_layer,
@@ -312,10 +317,7 @@ def hf_tensors(model: TinyGPT) -> dict[str, torch.Tensor]:
 def export(model: TinyGPT, tok: ByteBPE, args: argparse.Namespace,
            folder: Path, dtype: torch.dtype = torch.float16) -> None:
     """config.json + model.safetensors + vocab.json/merges.txt into folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to(dtype).contiguous()
-               for name, t in hf_tensors(model).items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(hf_tensors(model), folder, dtype)
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
               "vocab_size": len(tok.vocab), "n_positions": args.n_ctx,
               "n_ctx": args.n_ctx, "n_embd": args.n_embd, "n_layer": args.n_layer,
