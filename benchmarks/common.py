@@ -13,12 +13,12 @@ from pathlib import Path
 
 from minigpt.info import machine_info
 
+# $MINIGPT_RESULTS names another results folder, for writing here and for reading
+# by the build, which binds the pages' figures: one definition serves both.
+from tools.figures import RESULTS_ENV, results_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CHARTS = ROOT / "docs" / "assets" / "charts"
-# Names another results folder, for both writing and reading (the build reads it
-# too, see tools/figures.py): tests run benchmarks and render pages against a copy.
-RESULTS_ENV = "MINIGPT_RESULTS"
 # False for `python -m benchmarks --quick`: a smoke run must never overwrite the
 # full-size results and charts that the pages quote.
 WRITE = True
@@ -50,12 +50,6 @@ def time_alternating(
                 fn()
             samples[name].append((time.perf_counter() - start) / n)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def results_dir() -> Path:
-    """Where results are read and written: $MINIGPT_RESULTS, else benchmarks/results."""
-    folder = os.environ.get(RESULTS_ENV)
-    return Path(folder) if folder else RESULTS
 
 
 def save_results(topic: str, results: dict, command: str = "make bench") -> Path:
