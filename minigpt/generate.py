@@ -59,8 +59,9 @@ class LanguageModel(Protocol):
         """Logits for every position. ids: (T,) -> (T, vocab_size)"""
         ...
 
-    def empty_cache(self) -> object:
-        """A fresh KV cache (chapter 20); generate() only hands it back."""
+    def empty_cache(self, capacity: int | None = None) -> object:
+        """A fresh KV cache for capacity positions (None: n_ctx); generate() only
+        hands it back."""
         ...
 
     def forward_cached(self, ids: np.ndarray, cache: object,
@@ -107,8 +108,11 @@ def generate(model: LanguageModel, prompt_ids: Iterable[int], max_new_tokens: in
     check_knobs(temperature, top_k, top_p)
     stops = stop_ids(stop, cfg.eos_token_ids)
     tokens = window.tolist()
-    next_logits = _cached_steps if use_cache else _uncached_steps
-    return _loop(next_logits(model, tokens), tokens, max_new_tokens, stops,
+    # the longest window this call can reach: a cache that long and no longer
+    longest = min(cfg.n_ctx, len(tokens) + max_new_tokens)
+    steps = _cached_steps(model, tokens, longest) if use_cache else \
+        _uncached_steps(model, tokens)
+    return _loop(steps, tokens, max_new_tokens, stops,
                  dict(temperature=temperature, top_k=top_k, top_p=top_p,
                       rng=np.random.default_rng(seed)))
 
@@ -153,13 +157,14 @@ def _uncached_steps(model: LanguageModel, tokens: list[int]) -> Iterator[np.ndar
 
 
 # --8<-- [start:cached-steps]
-def _cached_steps(model: LanguageModel, tokens: list[int]) -> Iterator[np.ndarray]:
+def _cached_steps(model: LanguageModel, tokens: list[int],
+                  capacity: int) -> Iterator[np.ndarray]:
     """Next-token logits: prefill the window once, then one new token a step."""
     start, cache = 0, None
     while True:
         new_start = window_start(len(tokens), start, model.config.n_ctx)
         if cache is None or new_start != start:  # first step, or a slide
-            start, cache = new_start, model.empty_cache()
+            start, cache = new_start, model.empty_cache(capacity)
             new = tokens[start:]  # the prefill: the whole window at once
         else:
             new = tokens[-1:]  # only the token appended since the last step

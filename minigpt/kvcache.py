@@ -126,10 +126,10 @@ def gpt2_forward_cached(ids: np.ndarray, cache: KVCache, wte: np.ndarray,
 class CachedGPT(GPT):
     """Chapter 17's GPT plus a KV cache: the model generate() expects."""
 
-    def empty_cache(self) -> KVCache:
-        """A cache for the longest sequence the model can read."""
+    def empty_cache(self, capacity: int | None = None) -> KVCache:
+        """A cache for capacity positions (None: the longest the model can read)."""
         cfg = self.config
-        return KVCache.empty(cfg.n_layer, cfg.n_head, cfg.n_ctx,
+        return KVCache.empty(cfg.n_layer, cfg.n_head, capacity or cfg.n_ctx,
                              cfg.n_embd // cfg.n_head)
 
     def forward_cached(self, ids: np.ndarray, cache: KVCache,

@@ -100,7 +100,7 @@ class Scripted:
     script: list[int]
     seen: list[int] = field(default_factory=list)
 
-    def empty_cache(self) -> ScriptCache:
+    def empty_cache(self, capacity: int | None = None) -> ScriptCache:
         return ScriptCache()
 
     def forward(self, ids: np.ndarray) -> np.ndarray:

@@ -141,9 +141,9 @@ def test_uncached_window_lengths():
 class OwnCacheModel(SpyModel):
     """A model that brings its own cache and cached forward (as LLaMA's does)."""
 
-    def empty_cache(self):
-        self.lengths.append("empty_cache")
-        return self.model.empty_cache()
+    def empty_cache(self, capacity=None):
+        self.lengths.append(("empty_cache", capacity))
+        return self.model.empty_cache(capacity)
 
     def forward_cached(self, ids, cache, last_only=False):
         self.lengths.append(("cached", len(ids)))
@@ -155,8 +155,16 @@ def test_a_model_with_its_own_cache_is_used_through_it():
     own = OwnCacheModel(model)
     out = list(generate(own, [1, 2, 3], 7))
     assert out == list(generate(model, [1, 2, 3], 7))
-    assert own.lengths == ["empty_cache", ("cached", 3), *[("cached", 1)] * 5,
-                           "empty_cache", ("cached", 4)]  # at 9 the window slid to 4
+    # 3 + 7 tokens overflow n_ctx = 8, so the cache is the whole window long
+    assert own.lengths == [("empty_cache", 8), ("cached", 3), *[("cached", 1)] * 5,
+                           ("empty_cache", 8), ("cached", 4)]  # at 9 it slid to 4
+
+
+def test_the_cache_is_as_long_as_this_call_can_reach():
+    own = OwnCacheModel(random_model(n_ctx=32))
+    out = list(generate(own, [1, 2, 3], 5))
+    assert own.lengths[0] == ("empty_cache", 3 + 5)  # not n_ctx = 32
+    assert out == list(generate(random_model(n_ctx=32), [1, 2, 3], 5, use_cache=False))
 
 
 def test_long_prompt_keeps_its_last_n_ctx_tokens():
@@ -174,7 +182,7 @@ def test_one_token_over_the_window_drops_one_token_not_half():
     assert spy.lengths == [8, 4, 5]
     own = OwnCacheModel(random_model(n_ctx=8))
     list(generate(own, list(range(9)), 2))
-    assert own.lengths[:2] == ["empty_cache", ("cached", 8)]
+    assert own.lengths[:2] == [("empty_cache", 8), ("cached", 8)]
 
 
 def test_stop_token_ends_generation_and_is_not_yielded():
