@@ -159,14 +159,14 @@ def llama_tok_s(binary: Path, gguf: Path, threads: int) -> float:
     return float(json.loads(result.stdout)[0]["avg_ts"])
 
 
-def minigpt_tok_s(model, threads: int, quantized: bool = False) -> float:
+def minigpt_tok_s(model, threads: int, kernels: bool = False) -> float:
     """minigpt.generate's tokens per second over 128 steps from one token."""
     from threadpoolctl import threadpool_limits
 
     from minigpt import generate
 
-    # int8 kernels take the threads and BLAS keeps one, as the CLI does
-    with threadpool_limits(limits=1 if quantized else threads):
+    # our kernels take the threads and BLAS keeps one, as the command line does
+    with threadpool_limits(limits=1 if kernels else threads):
         _numba_threads(threads)
         start = time.perf_counter()
         n = sum(1 for _ in generate(model, [0], max_new_tokens=NEW_TOKENS))
@@ -194,13 +194,17 @@ def engines(source: Path, binary: Path, work: Path) -> dict:
         "llamacpp_q8_0": lambda t: llama_tok_s(binary, q8_0, t),
     }
     model = load_model(checkpoint)
-    found["minigpt_float32"] = lambda t: minigpt_tok_s(model, t)
-    try:
-        from minigpt.quantize import quantize_model
-    except ImportError:
-        return found
+    from minigpt.quantize import quantize_model
+    from minigpt.threads import DOT_ROWS, threaded_model
+
+    # what `python -m minigpt generate --threads t` runs: BLAS alone at one
+    # thread, chapter 21's row kernel at more (where Numba is installed)
+    rows = threaded_model(model) if DOT_ROWS is not None else None
+    found["minigpt_float32"] = lambda t: (
+        minigpt_tok_s(rows, t, kernels=True) if t > 1 and rows is not None
+        else minigpt_tok_s(model, t))
     q8 = quantize_model(model, "q8_0")
-    found["minigpt_q8_0"] = lambda t: minigpt_tok_s(q8, t, quantized=True)
+    found["minigpt_q8_0"] = lambda t: minigpt_tok_s(q8, t, kernels=True)
     return found
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import minigpt
+from benchmarks.bench_threads import products, products_ms
 from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
 from minigpt.bench import measure_bandwidth, save_random_gpt2
 from minigpt.generate import generate
@@ -41,6 +42,7 @@ from minigpt.quantize import (
     quantize_model,
     set_kernel_threads,
 )
+from minigpt.threads import DOT_ROWS, threaded_model
 from minigpt.weights import GPTConfig
 
 SCHEMES = ("q8_0", "int8")
@@ -144,23 +146,35 @@ def timed(model, prompt: list[int], new: int) -> tuple[float, list[int]]:
 
 
 def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dict:
-    """Every variant once per round and thread count, the bandwidth first."""
+    """Every variant once per round and thread count, the bandwidth first.
+
+    Each variant runs as the command line runs it: float32 on one BLAS thread, or
+    on more through chapter 21's row kernel; the int8 kernels take the threads and
+    leave BLAS one. Beside each decode, the step's matrix products alone.
+    """
     vocab = next(iter(models.values())).config.vocab_size
     prompt = np.random.default_rng(0).integers(0, vocab, PROMPT).tolist()
+    rows = threaded_model(models["float32"]) if DOT_ROWS is not None else None
     out = {n: {"bandwidth": [], **{k: [] for k in models}} for n in threads}
+    alone = {n: {k: [] for k in models} for n in threads}
     tokens = {}
     for _ in range(rounds):
         for n in threads:
             set_kernel_threads(n)
             with threadpool_limits(n, user_api="blas"):
                 out[n]["bandwidth"].append(max(measure_bandwidth(256, 3).values()))
-                for name, m in models.items():
-                    blas = n if name.startswith("float32") else 1  # kernels: 1 BLAS
-                    with threadpool_limits(blas, user_api="blas"):
-                        rate, tokens[name] = timed(m, prompt, new)
-                    out[n][name].append(rate)
+            for name, m in models.items():
+                blas = n if name == "float32" and (n == 1 or rows is None) else 1
+                m = rows if name == "float32" and blas < n else m
+                with threadpool_limits(blas, user_api="blas"):
+                    rate, tokens[name] = timed(m, prompt, new)
+                    alone[n][name].append(products_ms(m, blas, 3))
+                out[n][name].append(rate)
+    set_kernel_threads(None)
     return {str(n): {"bandwidth_gb_s": statistics.median(r.pop("bandwidth")),
                      "tok_s": {k: statistics.median(v) for k, v in r.items()},
+                     "products_ms": {k: statistics.median(v)
+                                     for k, v in alone[n].items()},
                      "tok_s_runs": r}
             for n, r in out.items()} | {"tokens_equal_float32": {
                 k: tokens[k] == tokens["float32"] for k in models}}
@@ -207,7 +221,7 @@ def kernel_code() -> dict:
     out = np.empty((1, 8), np.float32)
     d = np.ones((8, 2), np.float32)
     q8, i8 = (njit(parallel=True, fastmath=True)(f) for f in (q8_0_rows, int8_rows))
-    q8(q[:1], d[:1], q, d, out)
+    q8(x, q, d, out)
     i8(x, q, d[:, :1], out)
     return {"q8_0": vector_instructions(q8), "int8": vector_instructions(i8)}
 
@@ -245,6 +259,8 @@ def run(quick: bool = False) -> dict:
         mid = PROMPT + new // 2
         results["bytes_per_token"] = {k: model_bytes(m.params, config, mid)
                                       for k, m in models.items()}
+        results["product_bytes"] = {k: sum(w.nbytes for w in products(m.params))
+                                    for k, m in models.items()}
         results["threads"] = speed_rounds(models, new, rounds, threads)
         results["kernel_instructions"] = kernel_code()
         results["memory"] = {k: peak_rss(Path(tmp) / k, k, new) for k in

@@ -1,4 +1,4 @@
-"""BLAS threads for decoding: 1 or 2, on the machine as found and with its cores busy.
+"""Threads for decoding: BLAS at 1 or 2, and our row kernel at 2, as found and busy.
 
 python -m benchmarks threads [--quick]. A model of GPT-2 124M's shape with random
 weights (memory-mapped, as `minigpt.load_model` reads any checkpoint). One decode
@@ -10,8 +10,10 @@ one busy process per core (plain Python loops, started here) competes for the
 CPU, as other programs do on a shared machine. The load average of the minute
 before each condition is recorded with it.
 
-The command line's default (`--threads`, minigpt/__main__.py DEFAULT_THREADS) is
-chosen from these figures; chapter 21 shows them. Writes
+The third variant is what `--threads 2` runs: `minigpt.threads.threaded_model`,
+whose one-token products are chapter 21's row kernel on two Numba threads, with
+BLAS held to one. The command line's default (`--threads`, minigpt/__main__.py
+DEFAULT_THREADS) is chosen from these figures; chapter 21 shows them. Writes
 benchmarks/results/threads.json and the chart decode-threads-load.
 """
 
@@ -32,10 +34,13 @@ from benchmarks.common import chart_path, machine_caption, pyplot, save_results
 from minigpt.bench import blas_threads, save_random_gpt2
 from minigpt.info import machine_info
 from minigpt.models import load_model
+from minigpt.threads import DOT_ROWS, set_kernel_threads, threaded_model
 from minigpt.weights import GPTConfig
 
 POSITION = 80
 COUNTS = (1, 2)
+ROWS = "rows_2"  # our row kernel on 2 threads, BLAS on 1
+LABELS = {"1": "1 BLAS thread", "2": "2 BLAS threads", ROWS: "row kernel, 2 threads"}
 
 
 def spin(stop) -> None:
@@ -65,7 +70,7 @@ def busy_cores(n: int) -> Iterator[None]:
 def step_ms(model, cache, threads: int, steps: int) -> float:
     """Median milliseconds of one decode step with this many BLAS threads."""
     times = []
-    with blas_threads(threads):
+    with blas_threads(threads):  # the row kernel runs with threads=1 (BLAS)
         for _ in range(steps):
             cache.length = POSITION  # the same step again
             start = time.perf_counter()
@@ -74,15 +79,46 @@ def step_ms(model, cache, threads: int, steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def measure(model, rounds: int, steps: int) -> dict:
+def products(params: dict) -> list:
+    """The weights one GPT-2 decode step multiplies by, the output head last."""
+    parts = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
+    return [block[a][b]["w"] for block in params["blocks"] for a, b in parts] + \
+        [params["wte"].T]
+
+
+def products_ms(model, threads: int, steps: int) -> float:
+    """Median milliseconds of one step's matrix-vector products alone."""
+    weights = products(model.params)
+    x = np.random.default_rng(0).standard_normal(max(w.shape[0] for w in weights),
+                                                 dtype=np.float32)
+    times = []
+    with blas_threads(threads):
+        for _ in range(steps):
+            start = time.perf_counter()
+            for w in weights:
+                x[None, :w.shape[0]] @ w
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def measure(model, rows, rounds: int, steps: int) -> dict:
+    """Median step of each variant; rows is the threaded model (None: no numba)."""
     cache = model.empty_cache()
     model.forward_cached(np.arange(POSITION), cache, last_only=True)
-    runs: dict[str, list[float]] = {str(n): [] for n in COUNTS}
+    variants = {str(n): (model, n) for n in COUNTS}
+    if rows is not None:
+        variants[ROWS] = (rows, 1)
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    alone: dict[str, list[float]] = {name: [] for name in variants}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    set_kernel_threads(2)
     for _ in range(rounds):
-        for n in COUNTS:  # the thread counts take turns
-            runs[str(n)].append(step_ms(model, cache, n, steps))
+        for name, (m, blas) in variants.items():  # the variants take turns
+            runs[name].append(step_ms(m, cache, blas, steps))
+            alone[name].append(products_ms(m, blas, steps))
+    set_kernel_threads(None)
     return {"step_ms": {n: statistics.median(r) for n, r in runs.items()},
+            "products_ms": {n: statistics.median(r) for n, r in alone.items()},
             "step_ms_rounds": runs, "load_average_1min": load}
 
 
@@ -91,15 +127,22 @@ def run(quick: bool = False) -> dict:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(save_random_gpt2(Path(tmp) / "gpt2", GPTConfig()))
-        as_found = measure(model, rounds, steps)
+        rows = threaded_model(model) if DOT_ROWS is not None else None
+        as_found = measure(model, rows, rounds, steps)
         with busy_cores(cores):
-            loaded = measure(model, rounds, steps)
+            loaded = measure(model, rows, rounds, steps)
     results = {"shape": "GPT-2 124M (random weights)", "position": POSITION,
+               "product_bytes": sum(w.nbytes for w in products(model.params)),
+               # what threaded_model copies into rows: every weight but the head
+               "copied_bytes": sum(w.nbytes for w in products(model.params)[:-1]),
                "rounds": rounds, "steps_per_round": steps, "cores": cores,
                "busy_processes": cores, "as_found": as_found, "loaded": loaded}
     for name in ("as_found", "loaded"):
         ms = results[name]["step_ms"]
         results[name]["two_vs_one"] = ms["2"] / ms["1"]  # > 1: two threads slower
+        if ROWS in ms:  # < 1: the row kernel is faster than two BLAS threads
+            results[name]["rows_vs_blas_2"] = ms[ROWS] / ms["2"]
+            results[name]["rows_vs_one"] = ms[ROWS] / ms["1"]
     save_results("threads", results, command="python -m benchmarks threads")
     draw(results, machine_info())
     print({k: results[k]["step_ms"] for k in ("as_found", "loaded")})
@@ -108,15 +151,17 @@ def run(quick: bool = False) -> dict:
 
 def draw(r: dict, machine: dict) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     labels = {"as_found": "machine as found", "loaded": f"{r['busy_processes']} busy "
               f"processes added"}
     y = np.arange(len(labels))
-    for i, n in enumerate(COUNTS):
-        ms = [r[k]["step_ms"][str(n)] for k in labels]
-        ax.barh(y + 0.4 * i - 0.2, ms, height=0.4,
-                label=f"{n} BLAS thread{'s' if n > 1 else ''}")
-        for yy, v in zip(y + 0.4 * i - 0.2, ms, strict=True):
+    names = list(r["as_found"]["step_ms"])
+    h = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ms = [r[k]["step_ms"][name] for k in labels]
+        at = y + h * i - 0.4 + h / 2
+        ax.barh(at, ms, height=h, label=LABELS[name])
+        for yy, v in zip(at, ms, strict=True):
             ax.text(v, yy, f" {v:.1f}", va="center", fontsize=8)
     ax.set_yticks(y, list(labels.values()))
     ax.invert_yaxis()

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="end the text before TEXT (repeatable); the model's "
                           "end-of-text token always ends it")
     gen.add_argument("--threads", type=count, default=DEFAULT_THREADS, metavar="N",
-                     help=f"BLAS threads (default {DEFAULT_THREADS}, measured in "
-                          f"chapter 21; 0 leaves the BLAS library's choice)")
+                     help=f"threads (default {DEFAULT_THREADS}, measured in "
+                          f"chapter 21; 0: one per core)")
     gen.add_argument("--quantize", choices=["q8_0", "int8"], default=None,
                      help="int8 weights (chapter 23): q8_0 in groups of 32, "
                           "int8 one scale per row")
@@ -168,23 +168,31 @@ def run_generate(args: argparse.Namespace) -> None:
 
 # --8<-- [start:cli-quantize]
 def open_model(args: argparse.Namespace):
-    """--model's model, quantised if it was saved so or --quantize asks for it."""
+    """--model's model: quantised if it was saved so or --quantize asks for it,
+    with the threads given to our own kernels when there is more than one."""
     from minigpt.models import load_model, saved_scheme
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
-    if not (args.quantize or saved):
-        return load_model(args.model)  # no numba to import: a faster start
-    from minigpt.quantize import load_quantized, quantize_model, set_kernel_threads
+    if not (args.quantize or saved) and args.threads == 1:
+        return load_model(args.model)  # one BLAS thread, no numba: a faster start
+    from minigpt.threads import DOT_ROWS, set_kernel_threads, threaded_model
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
-    # the int8 kernels take the threads; BLAS keeps one, so the pools never compete
+    if not (args.quantize or saved):
+        if DOT_ROWS is None:  # no numba: BLAS takes the threads
+            return load_model(args.model)
+        model = threaded_model(load_model(args.model))  # chapter 21
+    else:
+        from minigpt.quantize import load_quantized, quantize_model
+
+        model = load_quantized(args.model) if saved else \
+            quantize_model(load_model(args.model), args.quantize)
+    # our kernels take the threads; BLAS keeps one, so the pools never compete
     set_kernel_threads(args.threads or None)
     args.threads = 1
-    if saved:
-        return load_quantized(args.model)
-    return quantize_model(load_model(args.model), args.quantize)
+    return model
 
 
 def run_quantize(args: argparse.Namespace) -> None:

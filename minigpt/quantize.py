@@ -2,12 +2,14 @@
 
 Implements two symmetric schemes. `q8_0` follows llama.cpp's `block_q8_0`: every
 32 consecutive numbers of a row share one float16 scale `d` and are stored as
-int8 `q` with x ~ q * d; the activations are quantised the same way at every
-step, and the kernel multiplies int8 by int8. `int8` keeps one float32 scale per
-output row and multiplies int8 weights by float32 activations. A `QuantMatrix`
-stands in for a weight array: `x @ W` runs a Numba kernel that splits the output
-rows over threads (`prange`), `W.T` and `W[ids]` serve the tied output head and
-the embeddings, so the forward code of GPT-2 and LLaMA runs unchanged.
+int8 `q` with x ~ q * d; the activations are rounded the same way at every
+step, and the kernel multiplies int8 weights, widened to float32, by them.
+`int8` keeps one float32 scale per output row and multiplies int8 weights by
+float32 activations. A `QuantMatrix` stands in for a weight array, as chapter
+21's `RowMatrix` does: `x @ W` runs a Numba kernel that splits the output rows
+over threads (`prange`), four at a time; `W.T` and `W[ids]` serve the tied
+output head and the embeddings, so the forward code of GPT-2 and LLaMA runs
+unchanged.
 Quantised checkpoints are safetensors files of I8 data and scale tensors, read
 memory-mapped. Without Numba the same products run in plain NumPy, slowly.
 
@@ -31,6 +33,7 @@ from minigpt.kvcache import CachedGPT
 from minigpt.llama import LlamaModel, llama_names, read_llama_config
 from minigpt.model import GPT
 from minigpt.models import saved_scheme
+from minigpt.threads import TABLES, map_matrices, set_kernel_threads
 from minigpt.weights import (
     WeightsError,
     gpt2_names,
@@ -133,32 +136,59 @@ def quantize_matrix(a: np.ndarray, scheme: str) -> QuantMatrix:
 
 
 # --8<-- [start:q8-0-kernel]
-def q8_0_rows(xq: np.ndarray, xd: np.ndarray, q: np.ndarray, d: np.ndarray,
-              out: np.ndarray) -> None:
-    """out = x @ W.T, both in Q8_0. xq: (T, K), xd: (T, K/32), q: (N, K), d: (N, K/32)
-    -> out: (T, N)"""
-    for n in prange(q.shape[0]):  # threads share out the rows of W: no shared writes
-        lanes = np.empty(32, np.float32)  # one running sum per place in a group
-        for t in range(xq.shape[0]):
-            lanes[:] = 0.0
-            for g in range(d.shape[1]):
-                s = d[n, g] * xd[t, g]  # both scales, multiplied once per group
-                for i in range(32):  # int8 * int8 is exact in float32: |p| <= 127^2
-                    p = np.float32(q[n, 32 * g + i]) * np.float32(xq[t, 32 * g + i])
-                    lanes[i] += s * p
-            out[t, n] = lanes.sum()
+def q8_0_rows(xf: np.ndarray, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> None:
+    """out = x @ W.T, W in Q8_0, four rows at a time. xf: (T, K) float32 (x's own
+    Q8_0 values), q: (N, K) int8, d: (N, K/32) -> out: (T, N)"""
+    N, K = q.shape
+    for b in prange(N // 4):  # threads share out blocks of rows: no shared writes
+        n = 4 * b
+        for t in range(xf.shape[0]):
+            # 32 running sums per row, one per place in a group
+            l0, l1 = np.zeros(32, np.float32), np.zeros(32, np.float32)
+            l2, l3 = np.zeros(32, np.float32), np.zeros(32, np.float32)
+            for g in range(K // 32):
+                s0, s1, s2, s3 = d[n, g], d[n + 1, g], d[n + 2, g], d[n + 3, g]
+                for i in range(32):  # one x, loaded once, for four rows
+                    k, xk = 32 * g + i, xf[t, 32 * g + i]
+                    l0[i] += s0 * (np.float32(q[n, k]) * xk)
+                    l1[i] += s1 * (np.float32(q[n + 1, k]) * xk)
+                    l2[i] += s2 * (np.float32(q[n + 2, k]) * xk)
+                    l3[i] += s3 * (np.float32(q[n + 3, k]) * xk)
+            out[t, n], out[t, n + 1] = l0.sum(), l1.sum()
+            out[t, n + 2], out[t, n + 3] = l2.sum(), l3.sum()
+    for n in range(N - N % 4, N):  # the last rows, when N is not a multiple of 4
+        for t in range(xf.shape[0]):
+            acc = np.float32(0.0)
+            for k in range(K):
+                acc += d[n, k // 32] * (np.float32(q[n, k]) * xf[t, k])
+            out[t, n] = acc
 # --8<-- [end:q8-0-kernel]
 
 
 # --8<-- [start:int8-kernel]
 def int8_rows(x: np.ndarray, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> None:
-    """out = x @ W.T, W int8 with one scale per row. x: (T, K), q: (N, K), d: (N, 1)"""
-    for n in prange(q.shape[0]):
+    """out = x @ W.T, W int8 with one scale per row, four rows at a time.
+    x: (T, K) float32, q: (N, K) int8, d: (N, 1) -> out: (T, N)"""
+    N, K = q.shape
+    for b in prange(N // 4):
+        n = 4 * b
+        for t in range(x.shape[0]):
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for k in range(K):  # int8 -> float32, then multiply-add
+                xk = x[t, k]
+                s0 += np.float32(q[n, k]) * xk
+                s1 += np.float32(q[n + 1, k]) * xk
+                s2 += np.float32(q[n + 2, k]) * xk
+                s3 += np.float32(q[n + 3, k]) * xk
+            # each row's one scale, applied once
+            out[t, n], out[t, n + 1] = s0 * d[n, 0], s1 * d[n + 1, 0]
+            out[t, n + 2], out[t, n + 3] = s2 * d[n + 2, 0], s3 * d[n + 3, 0]
+    for n in range(N - N % 4, N):  # the last rows, when N is not a multiple of 4
         for t in range(x.shape[0]):
             acc = np.float32(0.0)
-            for k in range(q.shape[1]):  # int8 -> float32, then multiply-add
+            for k in range(K):
                 acc += np.float32(q[n, k]) * x[t, k]
-            out[t, n] = acc * d[n, 0]  # the row's one scale, applied once
+            out[t, n] = acc * d[n, 0]
 # --8<-- [end:int8-kernel]
 
 
@@ -186,8 +216,8 @@ def matmul_kernel(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
     """x @ w through the compiled kernel. x: (T, K) float32, w: (K, N) -> (T, N)"""
     out = np.empty((len(x), w.q.shape[0]), np.float32)
     q = np.asarray(w.q)  # a memory map is an ndarray subclass; the kernel wants ndarray
-    if w.scheme == "q8_0":  # the activations in Q8_0 too, every step
-        KERNELS["q8_0"](*quantize_groups(x, 32, np.float16), q, w.d, out)
+    if w.scheme == "q8_0":  # the activations rounded to Q8_0 too, every step
+        KERNELS["q8_0"](dequantize(*quantize_groups(x, 32, np.float16)), q, w.d, out)
     else:
         KERNELS["int8"](x, q, w.d, out)
     return out
@@ -214,50 +244,18 @@ def quantized_matmul(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
 # --8<-- [end:quantized-matmul]
 
 
-# --8<-- [start:kernel-threads]
-def set_kernel_threads(n: int | None) -> None:
-    """Threads for the kernels' prange (None: every core Numba found)."""
-    if njit is not None:
-        import numba
-
-        most = numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(min(n, most) if n else most)
-# --8<-- [end:kernel-threads]
 
 
 # --8<-- [start:quantize-model]
-TABLES = ("wte", "wpe", "embed_tokens")  # read by row (a token, a position)
-
-
 def quantize_model(model: GPT | LlamaModel, scheme: str = "q8_0") -> GPT | LlamaModel:
     """The same model with every matrix quantised; its forward code is unchanged."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
     if not KERNELS:
         warnings.warn(NO_NUMBA, stacklevel=2)
-    return replace(model, params=quantize_params(model.params, scheme))
-
-
-def quantize_params(params: dict, scheme: str) -> dict:
-    """Tables in groups along their rows, weights along their input; vectors kept."""
-    tables = {k: quantize_matrix(params[k], scheme) for k in TABLES if k in params}
-
-    def convert(x, where: str):
-        if isinstance(x, dict):
-            return {k: tables[k] if k in tables else convert(v, f"{where}.{k}")
-                    for k, v in x.items()}
-        if isinstance(x, list):
-            return [convert(v, f"{where}.{i}") for i, v in enumerate(x)]
-        if x.ndim != 2:
-            return x  # biases and norm gains: few bytes, kept in float32
-        for name, table in tables.items():  # a tied head is a table seen through .T
-            if np.may_share_memory(x, params[name]):
-                return table.T
-        try:
-            return quantize_matrix(x.T, scheme).T  # [K, N]: groups along K, the input
-        except ValueError as exc:
-            raise ValueError(f"{where} {list(x.shape)}: {exc}") from None
-    return convert(params, "params")
+    # chapter 21's walk: tables by their rows, weights by their outputs' rows
+    params = map_matrices(model.params, lambda rows: quantize_matrix(rows, scheme))
+    return replace(model, params=params)
 # --8<-- [end:quantize-model]
 
 

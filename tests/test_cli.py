@@ -208,14 +208,28 @@ def test_stop_text_ends_the_output_before_it(checkpoint, capsys):
     assert capsys.readouterr().out == "To be" + generated[:cut] + "\n"
 
 
-def test_threads_sets_the_blas_threads(checkpoint, capsys, monkeypatch):
+def test_threads_go_to_our_kernels_and_blas_keeps_one(checkpoint, capsys,
+                                                      monkeypatch):
     import minigpt.bench as bench
-    seen = []
-    real = bench.blas_threads
-    monkeypatch.setattr(bench, "blas_threads", lambda n: seen.append(n) or real(n))
-    for args, want in ((["--threads", "2"], 2), ([], 1), (["--threads", "0"], None)):
-        assert main(["generate", "To be", "--model", str(checkpoint),
-                     "--max-new-tokens", "3", *args]) == 0
-        assert seen[-1] == want
+    import minigpt.threads as threads
+    blas, kernel, texts = [], [], []
+    real_blas, real_kernel = bench.blas_threads, threads.set_kernel_threads
+    monkeypatch.setattr(bench, "blas_threads", lambda n: blas.append(n) or real_blas(n))
+    monkeypatch.setattr(threads, "set_kernel_threads",
+                        lambda n: kernel.append(n) or real_kernel(n))
+    numba = threads.DOT_ROWS is not None
+    # (arguments, BLAS threads, kernel threads): without numba BLAS takes them all
+    cases = [([], 1, None),
+             (["--threads", "2"], 1 if numba else 2, 2 if numba else None),
+             (["--threads", "0"], 1 if numba else None, None)]
+    for args, want_blas, want_kernel in cases:
+        kernel.clear()
+        assert main(["generate", "To be", "--model", str(checkpoint), "--temperature",
+                     "0", "--max-new-tokens", "8", *args]) == 0
+        texts.append(capsys.readouterr().out)
+        assert blas[-1] == want_blas
+        assert kernel == ([want_kernel] if numba and args else [])
+    assert texts[1] == texts[0]  # the same greedy text, whoever multiplies
+    real_kernel(None)
     assert "must be >= 0, got -1" in one_line_error(
         capsys, ["generate", "hi", "--model", str(checkpoint), "--threads", "-1"])

@@ -98,9 +98,10 @@ def test_zero_groups_and_bad_inputs():
 @needs_numba
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("T", [1, 5])
-def test_kernel_and_numpy_fallback_agree(scheme, T):
+@pytest.mark.parametrize("rows", [68, 70, 71])  # whole blocks of 4, and leftovers
+def test_kernel_and_numpy_fallback_agree(scheme, T, rows):
     rng = np.random.default_rng(1)
-    w = quantize_matrix(rng.standard_normal((70, 96)).astype(np.float32), scheme).T
+    w = quantize_matrix(rng.standard_normal((rows, 96)).astype(np.float32), scheme).T
     x = rng.standard_normal((T, 96)).astype(np.float32)
     fast, slow = matmul_kernel(x, w), matmul_numpy(x, w)
     # the same products, summed in another order: float32 rounding only

@@ -290,7 +290,8 @@ for name, t in quant["targets"].items():
 # `llama-cpp-python` {{ v("peers", "llama_cpp.llama_cpp_python") }} vendors (llama.cpp
 # commit `{{ v("peers", "llama_cpp.commit") }}`), and minigpt's `generate()` take turns
 # generating {{ v("peers", "new_tokens") }} tokens from the same random GPT-2 124M
-# checkpoint, at one and two threads. In float32, minigpt ran at
+# checkpoint, at one and two threads (minigpt's float32 at two threads runs chapter
+# 21's row kernel, as `--threads 2` does). In float32, minigpt ran at
 # {{ fig("peers", "ratios.float32_vs_f32.1", ".2f") }}× llama.cpp's speed on one thread
 # and {{ fig("peers", "ratios.float32_vs_f32.2", ".2f") }}× on two; in Q8_0 at
 # {{ fig("peers", "ratios.q8_0_vs_q8_0.1", ".2f") }}× and

@@ -18,13 +18,14 @@
 # This page is a notebook, run every time the site is built. The small
 # measurements in its code cells ran on the machine that built the page, maybe
 # yours. The figures quoted in the text come from `make bench` (the benchmarks
-# `decode`, `sampling`, `threads` and `startup`) and are read from
+# `decode`, `sampling`, `threads`, `startup` and `peers`) and are read from
 # `benchmarks/results/`, with the machine they were measured on:
 #
-# {{ measured("decode", "sampling", "threads", "startup") }}
+# {{ measured("decode", "sampling", "threads", "startup", "peers") }}
 #
-# The code of this chapter lives in `minigpt/bench.py`; the engine's own code is
-# the one of chapters 17 to 20. The cells below print the source of each function
+# The code of this chapter lives in `minigpt/bench.py`, and the threads of our own
+# that it adds to the engine in `minigpt/threads.py`; the rest of the engine's code
+# is the one of chapters 17 to 20. The cells below print the source of each function
 # from the package itself, so what you read is what runs.
 
 # %%
@@ -339,6 +340,103 @@ for pool in threadpool_info():
 display(SVG(filename=CHARTS / "decode-threads-load.svg"))
 
 # %% [markdown]
+# ## Threads of our own
+#
+# Where does the time of a step go? The same benchmark also times the step's
+# matrix-vector products alone, in the same rounds: the 48 weights of the blocks
+# and the output head,
+# {{ num(v("threads", "product_bytes") / 1e6, ".0f") }} MB of float32. On the
+# machine as found:
+#
+# | | whole step | products alone | the rest | products read |
+# |---|---|---|---|---|
+# | 1 BLAS thread | {{ fig("threads", "as_found.step_ms.1", ".1f") }} ms | {{ fig("threads", "as_found.products_ms.1", ".1f") }} ms | {{ num(v("threads", "as_found.step_ms.1") - v("threads", "as_found.products_ms.1"), ".1f") }} ms | {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.1") / 1e6, ".1f") }} GB/s |
+# | 2 BLAS threads | {{ fig("threads", "as_found.step_ms.2", ".1f") }} ms | {{ fig("threads", "as_found.products_ms.2", ".1f") }} ms | {{ num(v("threads", "as_found.step_ms.2") - v("threads", "as_found.products_ms.2"), ".1f") }} ms | {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.2") / 1e6, ".1f") }} GB/s |
+# | row kernel, 2 threads | {{ fig("threads", "as_found.step_ms.rows_2", ".1f") }} ms | {{ fig("threads", "as_found.products_ms.rows_2", ".1f") }} ms | {{ num(v("threads", "as_found.step_ms.rows_2") - v("threads", "as_found.products_ms.rows_2"), ".1f") }} ms | {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.rows_2") / 1e6, ".1f") }} GB/s |
+#
+# The products are nearly the whole step. What is left (layer norms, attention
+# over the cache, GELU, and the Python that calls some seventy NumPy functions)
+# runs on one core whatever the thread count, so a second thread can only shorten
+# the products. Two BLAS threads do: OpenBLAS splits each product between them,
+# and each of the seventy or so products a token makes ends with one thread
+# waiting for the other. How much better can a kernel do that splits a product
+# exactly the way decoding needs, and nothing else?
+#
+# Decoding needs something simple. For one token, `x @ W` is a dot product of `x`
+# with every column of `W`, and the columns are independent: give each core its
+# share and they never need to talk until the product is done. The dot products
+# are easiest to stream when each one reads contiguous memory, so the kernel
+# stores a weight as `[out, in]` (PyTorch's `nn.Linear` layout, and LLaMA's
+# checkpoints), one row per output:
+
+# %%
+from minigpt import threads
+
+show(threads.dot_rows)
+
+# %% [markdown]
+# `prange` (Numba's parallel `range`) hands the blocks of rows to the threads; no
+# two threads write the same output. A block is four rows: each number of `x` is
+# loaded once and used four times, and the four sums are independent, so the
+# processor can run their multiply-adds side by side. With `fastmath`, the compiler
+# turns the loop over `k` into packed instructions that do 8 or 16 multiply-adds at
+# once, by the width of the machine's vector registers (chapter 6 counted them). The rows left over after the last full block take a
+# plain loop.
+#
+# A weight that holds its rows this way has to stand in for the array the forward
+# code of chapters 17 to 22 expects. That code touches a weight in only three ways:
+# `x @ w` for a linear layer, `x @ wte.T` for the tied output head, and `wte[ids]`
+# for the embeddings. `RowMatrix` answers all three. `__array_ufunc__ = None` tells
+# NumPy to step aside in `x @ W`, so that Python calls `W.__rmatmul__(x)`; `.T`
+# flips a flag and copies nothing, which is what the tied head needs.
+
+# %%
+show(threads.compile_dot_rows, threads.RowMatrix, threads.rows_matmul)
+
+# %% [markdown]
+# A prompt has many rows, and there BLAS's matrix-matrix product is the right
+# tool, so `rows_matmul` sends only single tokens to the kernel. Converting a model
+# means walking its nested dict of parameters: tables read by row are their own
+# rows already; every other matrix is a weight used as `x @ w`, whose rows are the
+# columns of `w`. GPT-2 stores its weights `[in, out]`, so `threaded_model` copies
+# them once into rows, at load time; LLaMA's are rows already and are used in
+# place. The copy costs memory, as much again as the block weights:
+# {{ num(v("threads", "copied_bytes") / 1e6, ".0f") }} MB for GPT-2 124M. Chapter 23 walks the same dict to quantise a model, with the
+# same function.
+
+# %%
+show(threads.map_matrices, threads.threaded_model, threads.set_kernel_threads)
+
+# %% [markdown]
+# The threaded model is the same class with other parameters, so `generate()`
+# takes it as it is, and must give the same tokens:
+
+# %%
+demo = minigpt.load_model(minigpt.DEMO_MODEL)
+fast = threads.threaded_model(demo)
+prompt = [464, 3290, 318]
+with bench.blas_threads(1):
+    ours = list(minigpt.generate(fast, prompt, 20))
+    plain = list(minigpt.generate(demo, prompt, 20))
+kernel = "compiled" if threads.DOT_ROWS else "none (no numba)"
+print("kernel:", kernel, "| same tokens:", ours == plain)
+
+# %% [markdown]
+# The last row of the table above is this kernel, on two Numba threads with BLAS
+# held to one (two pools of spinning threads on two cores would fight over them).
+# Its products read
+# {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.rows_2") / 1e6, ".1f") }}
+# GB/s against
+# {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.2") / 1e6, ".1f") }}
+# for two BLAS threads, and a whole step took
+# {{ fig("threads", "as_found.rows_vs_blas_2", ".2f") }} times as long. With
+# both cores busy with other work, it took
+# {{ fig("threads", "loaded.rows_vs_blas_2", ".2f") }} times as long as two BLAS
+# threads: a kernel that splits every product evenly waits for its slowest
+# thread just as BLAS does. **So `--threads 2` runs this kernel, and the default
+# stays one thread of plain BLAS**, which needs no Numba and starts sooner.
+
+# %% [markdown]
 # ## Start-up
 #
 # A user of the command line waits for the process to start, import NumPy, load
@@ -565,22 +663,29 @@ display(HTML(
 # | minigpt, float32 | {{ fig("peers", "tok_s.minigpt_float32.1", ".1f") }} | {{ fig("peers", "tok_s.minigpt_float32.2", ".1f") }} |
 # | minigpt / llama.cpp | {{ fig("peers", "ratios.float32_vs_f32.1", ".2f") }} | {{ fig("peers", "ratios.float32_vs_f32.2", ".2f") }} |
 #
-# llama.cpp is faster, and the one-thread row says where it starts: it decoded
+# minigpt runs here as the command line runs it: one thread of plain BLAS, and at
+# two threads the row kernel of "Threads of our own" above, with BLAS held to one.
+#
+# On one thread, llama.cpp decoded
 # {{ fig("peers", "tok_s.llamacpp_f32.1", ".1f") }} tokens/s from the same
 # {{ num(v("decode", "weight_bytes") / 1e6, ".0f") }} MB of weights, which is
 # {{ num(v("peers", "tok_s.llamacpp_f32.1") * v("decode", "weight_bytes") / 1e9, ".1f") }}
-# GB/s, above the {{ fig("decode", "bandwidth_gb_s", ".1f") }} GB/s that our NumPy
-# stream measured as this chapter's ceiling (in another run, on the same machine).
-# So that ceiling is the speed at which NumPy and OpenBLAS read memory on one core,
-# not the speed of the memory itself; llama.cpp's hand-written vector loops get
-# closer to it. The second thread widens the gap. llama.cpp keeps its threads
-# spinning between operations and splits every operation of a token across them;
-# going from one thread to two made it
+# GB/s, and our engine
+# {{ num(v("peers", "tok_s.minigpt_float32.1") * v("decode", "weight_bytes") / 1e9, ".1f") }}
+# GB/s. Both are bound by the same thing, one core reading memory, and the ratio
+# in the table says how close a NumPy engine that does little but stream its
+# weights through BLAS comes to a C++ one there. On two threads the engines differ in what they split. llama.cpp spreads
+# every operation of a token over its threads, norms and attention included, and
+# keeps them spinning between operations; going from one thread to two made it
 # {{ num(v("peers", "tok_s.llamacpp_f32.2") / v("peers", "tok_s.llamacpp_f32.1"), ".2f") }}
-# times as fast. Our engine splits work only inside each of the seventy or so
-# matrix products of a token, through OpenBLAS, and every product ends with the
-# two threads waiting for each other; the work between the products (layer norms,
-# attention over the cache, sampling) runs on one core. Two threads made it
+# times as fast. Ours splits the matrix-vector products only: in the threads
+# benchmark above, the rest of a step took
+# {{ num(v("threads", "as_found.step_ms.rows_2") - v("threads", "as_found.products_ms.rows_2"), ".1f") }}
+# ms of
+# {{ fig("threads", "as_found.step_ms.rows_2", ".1f") }} ms
+# ({{ num(1 - v("threads", "as_found.products_ms.rows_2") / v("threads", "as_found.step_ms.rows_2"), ".0%") }})
+# on one core, most of it the Python and NumPy calls around small arrays. Two
+# threads made our engine
 # {{ num(v("peers", "tok_s.minigpt_float32.2") / v("peers", "tok_s.minigpt_float32.1"), ".2f") }}
 # times as fast. Chapter 23 reads fewer bytes and compares the two engines again,
 # with 8-bit weights.
@@ -600,6 +705,9 @@ display(SVG(filename=CHARTS / "peers-decode.svg"))
 #   scalars); memory-map the weights so they are never copied.
 # - Measure threads before trusting them: on a shared machine one BLAS thread
 #   decodes fastest, and it is the command line's default.
+# - For one token, every product is a dot product per output row: a small kernel
+#   that shares out blocks of rows over the cores splits it as decoding wants,
+#   and `--threads 2` runs it.
 # - Start quickly: ship what is expensive to compute and the same every time.
 # - Compare engines with the same thread count, taking turns, medians and ratios.
 #

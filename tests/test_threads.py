@@ -1,0 +1,129 @@
+"""Tests for minigpt.threads: the row kernel, RowMatrix, and threaded models.
+
+The references are NumPy's own products of the same float32 arrays (BLAS), and the
+untouched float32 models: a threaded model must give the same logits up to the
+order of float32 additions, and the same greedy tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigpt import DEMO_LLAMA, DEMO_MODEL
+from minigpt.generate import generate
+from minigpt.models import load_model
+from minigpt.threads import (
+    DOT_ROWS,
+    RowMatrix,
+    dot_rows,
+    map_matrices,
+    rows_matmul,
+    set_kernel_threads,
+    threaded_model,
+)
+
+needs_numba = pytest.mark.skipif(DOT_ROWS is None, reason="numba is not installed")
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("n", [4, 5, 7, 64, 301])  # whole blocks and leftover rows
+def test_dot_rows_as_plain_python_equals_numpy(n):
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 24)).astype(np.float32)
+    x = rng.standard_normal(24).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    dot_rows(x, a, out)  # prange is range here: the listing as a reader runs it
+    np.testing.assert_allclose(out, a @ x, rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 3, 4, 9, 1026])
+def test_the_compiled_kernel_equals_numpy_on_any_thread_count(n, threads):
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 768)).astype(np.float32)
+    x = rng.standard_normal(768).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    set_kernel_threads(threads)
+    try:
+        DOT_ROWS(x, a, out)
+    finally:
+        set_kernel_threads(None)
+    np.testing.assert_allclose(out, a @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_a_row_matrix_stands_in_for_its_array():
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((10, 6)).astype(np.float32)
+    m = RowMatrix(table)
+    assert m.shape == (10, 6) and m.T.shape == (6, 10) and m.ndim == 2
+    assert m.nbytes == table.nbytes and m.T.rows is table  # .T copies nothing
+    np.testing.assert_array_equal(m[[3, 1]], table[[3, 1]])
+    for rows in (1, 5):  # one token: the kernel; a prompt: BLAS
+        x = rng.standard_normal((rows, 6)).astype(np.float32)
+        np.testing.assert_allclose(x @ m.T, x @ table.T, rtol=1e-5, atol=1e-5)
+    x3 = rng.standard_normal((2, 3, 6)).astype(np.float32)  # leading axes kept
+    assert (x3 @ m.T).shape == (2, 3, 10)
+
+
+def test_a_row_matrix_refuses_wrong_shapes_and_reads_through_t():
+    m = RowMatrix(np.zeros((10, 6), np.float32))
+    with pytest.raises(ValueError, match=r"x has shape \(1, 5\), W \(6, 10\)"):
+        np.zeros((1, 5), np.float32) @ m.T
+    with pytest.raises(ValueError, match="a table: use W.T"):
+        rows_matmul(np.zeros((1, 10), np.float32), m)
+    with pytest.raises(TypeError, match="by rows, not through .T"):
+        m.T[0]
+
+
+def test_map_matrices_names_the_matrix_it_cannot_convert():
+    params = {"wte": np.zeros((8, 4), np.float32),
+              "blocks": [{"w": np.zeros((4, 6), np.float32), "b": np.zeros(6)}]}
+
+    def refuse_six(rows):
+        if rows.shape[0] == 6:
+            raise ValueError("six rows")
+        return RowMatrix(rows)
+    with pytest.raises(ValueError, match=r"params.blocks.0.w \[4, 6\]: six rows"):
+        map_matrices(params, refuse_six)
+
+
+@pytest.mark.parametrize("folder", [DEMO_MODEL, DEMO_LLAMA], ids=["gpt2", "llama"])
+def test_a_threaded_model_gives_the_same_logits_and_tokens(folder):
+    model = load_model(folder)
+    fast = threaded_model(model)
+    assert type(fast) is type(model)
+    ids = np.arange(40) * 7 % model.config.vocab_size
+    assert rel_error(fast.forward(ids), model.forward(ids)) < 1e-5
+    cache_a, cache_b = model.empty_cache(), fast.empty_cache()
+    model.forward_cached(ids, cache_a)
+    fast.forward_cached(ids, cache_b)
+    step = np.array([5])  # one token: the kernel's path
+    assert rel_error(fast.forward_cached(step, cache_b),
+                     model.forward_cached(step, cache_a)) < 1e-5
+    prompt = ids[:8].tolist()
+    assert list(generate(fast, prompt, 20)) == list(generate(model, prompt, 20))
+
+
+def test_threaded_gpt2_copies_weights_into_rows_and_keeps_the_tied_head():
+    model = load_model(DEMO_MODEL)
+    fast = threaded_model(model)
+    w = fast.params["blocks"][0]["mlp"]["c_fc"]["w"]
+    original = model.params["blocks"][0]["mlp"]["c_fc"]["w"]
+    assert isinstance(w, RowMatrix) and w.transposed
+    assert w.rows.flags.c_contiguous and w.shape == original.shape
+    wte = fast.params["wte"]
+    assert isinstance(wte, RowMatrix) and not wte.transposed
+    assert wte.rows is model.params["wte"]  # a table is rows already
+
+
+def test_threaded_llama_reads_its_weights_in_place():
+    model = load_model(DEMO_LLAMA)  # nn.Linear stores [out, in]: rows already
+    fast = threaded_model(model)
+    w = fast.params["layers"][0]["mlp"]["down_proj"]
+    assert isinstance(w, RowMatrix)
+    assert np.shares_memory(w.rows, model.params["layers"][0]["mlp"]["down_proj"])
