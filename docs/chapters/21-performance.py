@@ -414,7 +414,7 @@ show(threads.map_matrices, threads.threaded_model, threads.set_kernel_threads)
 # %%
 demo = minigpt.load_model(minigpt.DEMO_MODEL)
 fast = threads.threaded_model(demo)
-prompt = [464, 3290, 318]
+prompt = minigpt.load_tokenizer(minigpt.DEMO_MODEL).encode("ROMEO:")
 with bench.blas_threads(1):
     ours = list(minigpt.generate(fast, prompt, 20))
     plain = list(minigpt.generate(demo, prompt, 20))
