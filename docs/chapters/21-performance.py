@@ -432,9 +432,11 @@ print("kernel:", kernel, "| same tokens:", ours == plain)
 # {{ fig("threads", "as_found.rows_vs_blas_2", ".2f") }} times as long. With
 # both cores busy with other work, it took
 # {{ fig("threads", "loaded.rows_vs_blas_2", ".2f") }} times as long as two BLAS
-# threads: a kernel that splits every product evenly waits for its slowest
-# thread just as BLAS does. **So `--threads 2` runs this kernel, and the default
-# stays one thread of plain BLAS**, which needs no Numba and starts sooner.
+# threads, but {{ fig("threads", "loaded.rows_vs_one", ".2f") }} times as long
+# as one: any even split of a product waits for its slowest thread, and on a busy
+# machine that thread is often not running, so the loaded figures swing from run
+# to run. **So `--threads 2` runs this kernel, and the default stays one thread of
+# plain BLAS**, which needs no Numba, starts sooner, and has no thread to wait for.
 
 # %% [markdown]
 # ## Start-up
