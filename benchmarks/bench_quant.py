@@ -36,6 +36,7 @@ from minigpt.info import machine_info
 from minigpt.matmul import vector_instructions
 from minigpt.models import load_model, load_tokenizer
 from minigpt.quantize import (
+    KERNELS,
     QuantMatrix,
     load_quantized,
     quantize_checkpoint,
@@ -223,7 +224,14 @@ def kernel_code() -> dict:
     q8, i8 = (njit(parallel=True, fastmath=True)(f) for f in (q8_0_rows, int8_rows))
     q8(x, q, d, out)
     i8(x, q, d[:, :1], out)
-    return {"q8_0": vector_instructions(q8), "int8": vector_instructions(i8)}
+    found = {"q8_0": vector_instructions(q8), "int8": vector_instructions(i8)}
+    if "q8_0 integer" in KERNELS:  # x86 with AVX2
+        from minigpt.quantize import q8_0_rows_int
+        qi = njit(parallel=True)(q8_0_rows_int)
+        qi(np.ones((1, 64), np.int16), np.ones((1, 2), np.float32), q, d, out)
+        asm = "\n".join(qi.inspect_asm().values())
+        found["q8_0 integer"] = {"vpmaddwd": asm.count("vpmaddwd")}
+    return found
 
 
 def demo_accuracy(windows: int | None, new: int) -> dict:

@@ -108,6 +108,46 @@ def test_kernel_and_numpy_fallback_agree(scheme, T, rows):
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5 * np.abs(slow).max())
 
 
+needs_integer = pytest.mark.skipif("q8_0 integer" not in KERNELS,
+                                  reason="numba or AVX2 is missing")
+
+
+@needs_integer
+@pytest.mark.parametrize("T, rows, K", [(1, 68, 96), (1, 71, 768), (5, 70, 3072)])
+def test_the_integer_kernel_equals_the_portable_one(T, rows, K):
+    rng = np.random.default_rng(3)
+    q, d = quantize_groups(rng.standard_normal((rows, K)).astype(np.float32), 32)
+    xq, xd = quantize_groups(rng.standard_normal((T, K)).astype(np.float32), 32)
+    exact, portable = np.empty((T, rows), np.float32), np.empty((T, rows), np.float32)
+    KERNELS["q8_0 integer"](xq.astype(np.int16), xd, q, d, exact)
+    KERNELS["q8_0"](dequantize(xq, xd), q, d, portable)
+    # the same sums of the same products: the integer dots are exact, so only the
+    # float32 order of the group terms differs
+    np.testing.assert_allclose(exact, portable, rtol=1e-5,
+                               atol=1e-5 * np.abs(portable).max())
+    one_group = np.empty((T, rows), np.float32)  # scales of 1: the integers alone
+    KERNELS["q8_0 integer"](xq[:, :32].astype(np.int16), np.ones((T, 1), np.float32),
+                            np.ascontiguousarray(q[:, :32]), np.ones((rows, 1),
+                                                                     np.float32),
+                            one_group)
+    want = xq[:, :32].astype(np.int64) @ q[:, :32].astype(np.int64).T
+    assert (one_group == want).all()
+
+
+@needs_integer
+def test_the_integer_kernel_is_compiled_to_integer_multiply_adds():
+    from numba import njit
+
+    from minigpt.quantize import q8_0_rows_int
+    kernel = njit(parallel=True)(q8_0_rows_int)  # afresh: cached code has no assembly
+    q = np.ones((8, 64), np.int8)
+    out = np.empty((1, 8), np.float32)
+    kernel(np.ones((1, 64), np.int16), np.ones((1, 2), np.float32), q,
+           np.ones((8, 2), np.float32), out)
+    assert (out == 64).all()
+    assert "vpmaddwd" in "\n".join(kernel.inspect_asm().values())
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_products_are_close_to_float32(scheme):
     rng = np.random.default_rng(2)
