@@ -204,7 +204,8 @@ def int8_rows(x: np.ndarray, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> N
 PREFETCH = 8192  # bytes, about ten GPT-2 rows ahead: measured, not derived
 
 
-def row_dot_ir(module: ir.Module) -> ir.Function:
+# the annotations in quotes: without llvmlite, a session that pastes this still runs
+def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """An LLVM function: sum over g of s[g] * t[g] * (w[32g:32g+32] . x[32g:32g+32]).
     w: G*32 int8, s: G float32, x: G*32 int16, t: G float32, G -> float32"""
     i8, i16, i32, i64, f32 = (ir.IntType(8), ir.IntType(16), ir.IntType(32),
