@@ -35,7 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
+from benchmarks.common import (
+    ROOT,
+    chart_path,
+    float32_as_cli,
+    machine_caption,
+    pyplot,
+    save_results,
+)
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -159,26 +166,19 @@ def llama_tok_s(binary: Path, gguf: Path, threads: int) -> float:
     return float(json.loads(result.stdout)[0]["avg_ts"])
 
 
-def minigpt_tok_s(model, threads: int, kernels: bool = False) -> float:
-    """minigpt.generate's tokens per second over 128 steps from one token."""
+def minigpt_tok_s(model, threads: int, blas: int) -> float:
+    """minigpt.generate's tokens per second over 128 steps from one token, with
+    `threads` for our kernels and `blas` for the BLAS library."""
     from threadpoolctl import threadpool_limits
 
     from minigpt import generate
+    from minigpt.threads import set_kernel_threads
 
-    # our kernels take the threads and BLAS keeps one, as the command line does
-    with threadpool_limits(limits=1 if kernels else threads):
-        _numba_threads(threads)
+    with threadpool_limits(limits=blas):
+        set_kernel_threads(threads)
         start = time.perf_counter()
         n = sum(1 for _ in generate(model, [0], max_new_tokens=NEW_TOKENS))
         return n / (time.perf_counter() - start)
-
-
-def _numba_threads(threads: int) -> None:
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def engines(source: Path, binary: Path, work: Path) -> dict:
@@ -200,11 +200,14 @@ def engines(source: Path, binary: Path, work: Path) -> dict:
     # what `python -m minigpt generate --threads t` runs: BLAS alone at one
     # thread, chapter 21's row kernel at more (where Numba is installed)
     rows = threaded_model(model) if DOT_ROWS is not None else None
-    found["minigpt_float32"] = lambda t: (
-        minigpt_tok_s(rows, t, kernels=True) if t > 1 and rows is not None
-        else minigpt_tok_s(model, t))
+
+    def float32_tok_s(threads: int) -> float:
+        m, blas = float32_as_cli(model, rows, threads)
+        return minigpt_tok_s(m, threads, blas)
+    found["minigpt_float32"] = float32_tok_s
     q8 = quantize_model(model, "q8_0")
-    found["minigpt_q8_0"] = lambda t: minigpt_tok_s(q8, t, kernels=True)
+    # the int8 kernels take the threads and BLAS keeps one, as the CLI does
+    found["minigpt_q8_0"] = lambda t: minigpt_tok_s(q8, t, blas=1)
     return found
 
 

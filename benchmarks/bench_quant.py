@@ -29,7 +29,14 @@ from threadpoolctl import threadpool_limits
 
 import minigpt
 from benchmarks.bench_threads import products, products_ms
-from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
+from benchmarks.common import (
+    ROOT,
+    chart_path,
+    float32_as_cli,
+    machine_caption,
+    pyplot,
+    save_results,
+)
 from minigpt.bench import measure_bandwidth, save_random_gpt2
 from minigpt.generate import generate
 from minigpt.info import machine_info
@@ -165,8 +172,8 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
             with threadpool_limits(n, user_api="blas"):
                 out[n]["bandwidth"].append(max(measure_bandwidth(256, 3).values()))
             for name, m in models.items():
-                blas = n if name == "float32" and (n == 1 or rows is None) else 1
-                m = rows if name == "float32" and blas < n else m
+                # the int8 kernels take the threads and leave BLAS one
+                m, blas = float32_as_cli(m, rows, n) if name == "float32" else (m, 1)
                 with threadpool_limits(blas, user_api="blas"):
                     rate, tokens[name] = timed(m, prompt, new)
                     alone[n][name].append(products_ms(m, blas, 3))

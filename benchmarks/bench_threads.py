@@ -131,10 +131,11 @@ def run(quick: bool = False) -> dict:
         as_found = measure(model, rows, rounds, steps)
         with busy_cores(cores):
             loaded = measure(model, rows, rounds, steps)
+    weights = products(model.params)
     results = {"shape": "GPT-2 124M (random weights)", "position": POSITION,
-               "product_bytes": sum(w.nbytes for w in products(model.params)),
+               "product_bytes": sum(w.nbytes for w in weights),
                # what threaded_model copies into rows: every weight but the head
-               "copied_bytes": sum(w.nbytes for w in products(model.params)[:-1]),
+               "copied_bytes": sum(w.nbytes for w in weights[:-1]),
                "rounds": rounds, "steps_per_round": steps, "cores": cores,
                "busy_processes": cores, "as_found": as_found, "loaded": loaded}
     for name in ("as_found", "loaded"):

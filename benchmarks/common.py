@@ -24,6 +24,14 @@ CHARTS = ROOT / "docs" / "assets" / "charts"
 WRITE = True
 
 
+def float32_as_cli(model, rows, threads: int) -> tuple[object, int]:
+    """The float32 model and BLAS threads `generate --threads N` runs: BLAS alone
+    at one thread, else chapter 21's threaded model `rows` (None: no numba)."""
+    if threads > 1 and rows is not None:
+        return rows, 1  # the row kernel takes the threads, BLAS keeps one
+    return model, threads
+
+
 def calls_for(fn: Callable[[], object], min_seconds: float) -> int:
     """How many calls of fn take at least min_seconds (at least one)."""
     start = time.perf_counter()

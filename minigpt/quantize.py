@@ -35,7 +35,7 @@ from minigpt.kvcache import CachedGPT
 from minigpt.llama import LlamaModel, llama_names, read_llama_config
 from minigpt.model import GPT
 from minigpt.models import saved_scheme
-from minigpt.threads import TABLES, map_matrices, set_kernel_threads
+from minigpt.threads import TABLES, map_matrices, set_kernel_threads, token_rows
 from minigpt.weights import (
     WeightsError,
     gpt2_names,
@@ -321,11 +321,12 @@ def matmul_kernel(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
     """x @ w through the compiled kernel. x: (T, K) float32, w: (K, N) -> (T, N)"""
     out = np.empty((len(x), w.q.shape[0]), np.float32)
     q = np.asarray(w.q)  # a memory map is an ndarray subclass; the kernel wants ndarray
-    if w.scheme == "q8_0" and "q8_0 integer" in KERNELS:  # x in Q8_0 too
+    if w.scheme == "q8_0":  # the activations rounded to Q8_0 too, every step
         xq, xd = quantize_groups(x, 32, np.float16)
-        KERNELS["q8_0 integer"](xq.astype(np.int16), xd, q, w.d, out)
-    elif w.scheme == "q8_0":  # the activations rounded to Q8_0 too, every step
-        KERNELS["q8_0"](dequantize(*quantize_groups(x, 32, np.float16)), q, w.d, out)
+        if "q8_0 integer" in KERNELS:  # x86 with AVX2: integer dot products
+            KERNELS["q8_0 integer"](xq.astype(np.int16), xd, q, w.d, out)
+        else:
+            KERNELS["q8_0"](dequantize(xq, xd), q, w.d, out)
     else:
         KERNELS["int8"](x, q, w.d, out)
     return out
@@ -343,10 +344,7 @@ def matmul_numpy(x: np.ndarray, w: QuantMatrix, rows: int = 1024) -> np.ndarray:
 
 def quantized_matmul(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
     """x @ w for a quantised weight. x: (..., K), w: (K, N) -> (..., N)"""
-    if not w.transposed or x.shape[-1] != w.shape[0]:
-        raise ValueError(f"x @ W: x has shape {x.shape}, W {w.shape}"
-                         + ("" if w.transposed else " (a table: use W.T)"))
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # [T, K]
+    x2 = token_rows(x, w)  # [T, K], shapes checked as chapter 21's RowMatrix does
     out = matmul_kernel(x2, w) if KERNELS else matmul_numpy(x2, w)
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 # --8<-- [end:quantized-matmul]

@@ -28,7 +28,7 @@ except ImportError:  # the BLAS library then does every product
     njit, prange = None, range
 
 __all__ = ["RowMatrix", "dot_rows", "map_matrices", "rows_matmul",
-           "set_kernel_threads", "threaded_model"]
+           "set_kernel_threads", "threaded_model", "token_rows"]
 
 
 def dot_rows(x: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
@@ -95,12 +95,18 @@ class RowMatrix:
         return rows_matmul(x, self)
 
 
-def rows_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
-    """x @ w: the kernel for one token, BLAS for more. x: (..., K) -> (..., N)"""
+def token_rows(x: np.ndarray, w) -> np.ndarray:
+    """x as float32 rows for x @ w, a stand-in weight, once the shapes are checked.
+    x: (..., K), w: (K, N) -> (T, K)"""
     if not w.transposed or x.shape[-1] != w.shape[0]:
         raise ValueError(f"x @ W: x has shape {x.shape}, W {w.shape}"
                          + ("" if w.transposed else " (a table: use W.T)"))
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # [T, K]
+    return np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+
+
+def rows_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
+    """x @ w: the kernel for one token, BLAS for more. x: (..., K) -> (..., N)"""
+    x2 = token_rows(x, w)  # [T, K]
     if len(x2) > 1 or DOT_ROWS is None:  # a prompt: BLAS is good at many rows
         return (x2 @ w.rows.T).reshape(*x.shape[:-1], -1)
     out = np.empty(w.rows.shape[0], np.float32)

@@ -391,11 +391,14 @@ show(threads.dot_rows)
 # flips a flag and copies nothing, which is what the tied head needs.
 
 # %%
-show(threads.compile_dot_rows, threads.RowMatrix, threads.rows_matmul)
+show(threads.compile_dot_rows, threads.RowMatrix, threads.token_rows,
+     threads.rows_matmul)
 
 # %% [markdown]
-# A prompt has many rows, and there BLAS's matrix-matrix product is the right
-# tool, so `rows_matmul` sends only single tokens to the kernel. Converting a model
+# `token_rows` checks that `x @ W` makes sense and flattens any leading axes of
+# `x` into rows; chapter 23's quantised matrices use it too. A prompt has many
+# rows, and there BLAS's matrix-matrix product is the right tool, so
+# `rows_matmul` sends only single tokens to the kernel. Converting a model
 # means walking its nested dict of parameters: tables read by row are their own
 # rows already; every other matrix is a weight used as `x @ w`, whose rows are the
 # columns of `w`. GPT-2 stores its weights `[in, out]`, so `threaded_model` copies
