@@ -1,7 +1,10 @@
 """Root conftest: the book's pages are tests too (see tools/pages_plugin.py)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # page blocks that plot must not need a screen
+# chapter 23's machine code is compiled afresh into a folder of this run's own
+os.environ.setdefault("MINIGPT_CACHE", tempfile.mkdtemp(prefix="minigpt-cache-"))
 
 pytest_plugins = ["tools.pages_plugin"]

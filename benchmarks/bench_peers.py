@@ -42,6 +42,7 @@ from benchmarks.common import (
     machine_caption,
     pyplot,
     save_results,
+    settle,
 )
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -174,7 +175,7 @@ def minigpt_tok_s(model, threads: int, blas: int) -> float:
     from minigpt import generate
     from minigpt.threads import set_kernel_threads
 
-    with threadpool_limits(limits=blas):
+    with threadpool_limits(limits=blas, user_api="blas"):  # Numba's pool: its own
         set_kernel_threads(threads)
         start = time.perf_counter()
         n = sum(1 for _ in generate(model, [0], max_new_tokens=NEW_TOKENS))
@@ -195,11 +196,11 @@ def engines(source: Path, binary: Path, work: Path) -> dict:
     }
     model = load_model(checkpoint)
     from minigpt.quantize import quantize_model
-    from minigpt.threads import DOT_ROWS, threaded_model
+    from minigpt.threads import compile_dot_rows, threaded_model
 
     # what `python -m minigpt generate --threads t` runs: BLAS alone at one
     # thread, chapter 21's row kernel at more (where Numba is installed)
-    rows = threaded_model(model) if DOT_ROWS is not None else None
+    rows = threaded_model(model) if compile_dot_rows() else None
 
     def float32_tok_s(threads: int) -> float:
         m, blas = float32_as_cli(model, rows, threads)
@@ -218,6 +219,7 @@ def measure(run: dict, rounds: int) -> dict[str, dict[int, float]]:
     for r in range(rounds):
         for threads in THREADS:
             for name, tok_s in run.items():
+                settle()  # each from idle thread pools
                 samples[name][threads].append(tok_s(threads))
         print(f"[peers] round {r + 1}/{rounds} done", flush=True)
     return {name: {t: statistics.median(v) for t, v in by.items()}

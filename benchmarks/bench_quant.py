@@ -36,6 +36,7 @@ from benchmarks.common import (
     machine_caption,
     pyplot,
     save_results,
+    settle,
 )
 from minigpt.bench import measure_bandwidth, save_random_gpt2
 from minigpt.generate import generate
@@ -43,14 +44,16 @@ from minigpt.info import machine_info
 from minigpt.matmul import vector_instructions
 from minigpt.models import load_model, load_tokenizer
 from minigpt.quantize import (
-    KERNELS,
     QuantMatrix,
+    compile_kernels,
+    compile_object,
+    kernels_ir,
     load_quantized,
+    machine_code,
     quantize_checkpoint,
     quantize_model,
-    set_kernel_threads,
 )
-from minigpt.threads import DOT_ROWS, threaded_model
+from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
 from minigpt.weights import GPTConfig
 
 SCHEMES = ("q8_0", "int8")
@@ -162,7 +165,7 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
     """
     vocab = next(iter(models.values())).config.vocab_size
     prompt = np.random.default_rng(0).integers(0, vocab, PROMPT).tolist()
-    rows = threaded_model(models["float32"]) if DOT_ROWS is not None else None
+    rows = threaded_model(models["float32"]) if compile_dot_rows() else None
     out = {n: {"bandwidth": [], **{k: [] for k in models}} for n in threads}
     alone = {n: {k: [] for k in models} for n in threads}
     tokens = {}
@@ -174,11 +177,12 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
             for name, m in models.items():
                 # the int8 kernels take the threads and leave BLAS one
                 m, blas = float32_as_cli(m, rows, n) if name == "float32" else (m, 1)
+                settle()  # each from idle thread pools
                 with threadpool_limits(blas, user_api="blas"):
                     rate, tokens[name] = timed(m, prompt, new)
                     alone[n][name].append(products_ms(m, blas, 3))
                 out[n][name].append(rate)
-    set_kernel_threads(None)
+    set_kernel_threads(1)  # the default again
     return {str(n): {"bandwidth_gb_s": statistics.median(r.pop("bandwidth")),
                      "tok_s": {k: statistics.median(v) for k, v in r.items()},
                      "products_ms": {k: statistics.median(v)
@@ -193,14 +197,16 @@ import sys
 from minigpt.bench import peak_rss_bytes
 from minigpt.generate import generate
 folder, kind, new = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if kind == "float32":  # no Numba in this process
+if kind == "float32":  # no Numba or LLVM in this process
     from minigpt.models import load_model
     model = load_model(folder)
 else:
-    if kind == "numpy":
-        sys.modules["numba"] = None  # as if Numba were not installed
+    if kind == "numpy":  # as if Numba (and its llvmlite) were not installed
+        sys.modules["numba"] = sys.modules["llvmlite"] = None
     from minigpt.quantize import load_quantized
+    from minigpt.threads import set_kernel_threads
     model = load_quantized(folder)
+    set_kernel_threads(2 if kind == "numba" else 1)
 base = peak_rss_bytes()
 list(generate(model, list(range(16)), new))
 print(peak_rss_bytes(), base)
@@ -232,12 +238,16 @@ def kernel_code() -> dict:
     q8(x, q, d, out)
     i8(x, q, d[:, :1], out)
     found = {"q8_0": vector_instructions(q8), "int8": vector_instructions(i8)}
-    if "q8_0 integer" in KERNELS:  # x86 with AVX2
+    if "q8_0 integer" in compile_kernels():  # x86 with AVX2
         from minigpt.quantize import q8_0_rows_int
         qi = njit(parallel=True)(q8_0_rows_int)
         qi(np.ones((1, 64), np.int16), np.ones((1, 2), np.float32), q, d, out)
         asm = "\n".join(qi.inspect_asm().values())
         found["q8_0 integer"] = {"vpmaddwd": asm.count("vpmaddwd")}
+    if machine_code():  # our own machine code: the same IR, read as assembly
+        asm = compile_object(kernels_ir(), assembly=True).decode()
+        found["machine code"] = {k: asm.count(k) for k in ("vpmaddwd", "vfmadd",
+                                                            "prefetch")}
     return found
 
 
@@ -278,10 +288,14 @@ def run(quick: bool = False) -> dict:
                                     for k, m in models.items()}
         results["threads"] = speed_rounds(models, new, rounds, threads)
         results["kernel_instructions"] = kernel_code()
+        code = machine_code()
+        results["machine_code_bytes"] = len(code["int8"].code) if code else None
         results["memory"] = {k: peak_rss(Path(tmp) / k, k, new) for k in
                              ("float32", *SCHEMES)}
         results["memory"]["q8_0 (NumPy path)"] = peak_rss(Path(tmp) / "q8_0",
                                                           "numpy", 4)
+        results["memory"]["q8_0 (Numba, 2 threads)"] = peak_rss(
+            Path(tmp) / "q8_0", "numba", new)
         del models, model
     results["targets"] = targets(results)
     save_results("quant", results, command="python -m benchmarks quant")

@@ -30,11 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import chart_path, machine_caption, pyplot, save_results
+from benchmarks.common import (
+    chart_path,
+    machine_caption,
+    pyplot,
+    save_results,
+    settle,
+)
 from minigpt.bench import blas_threads, save_random_gpt2
 from minigpt.info import machine_info
 from minigpt.models import load_model
-from minigpt.threads import DOT_ROWS, set_kernel_threads, threaded_model
+from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
 from minigpt.weights import GPTConfig
 
 POSITION = 80
@@ -114,9 +120,10 @@ def measure(model, rows, rounds: int, steps: int) -> dict:
     set_kernel_threads(2)
     for _ in range(rounds):
         for name, (m, blas) in variants.items():  # the variants take turns
+            settle()  # each from idle thread pools
             runs[name].append(step_ms(m, cache, blas, steps))
             alone[name].append(products_ms(m, blas, steps))
-    set_kernel_threads(None)
+    set_kernel_threads(1)  # the default again
     return {"step_ms": {n: statistics.median(r) for n, r in runs.items()},
             "products_ms": {n: statistics.median(r) for n, r in alone.items()},
             "step_ms_rounds": runs, "load_average_1min": load}
@@ -127,7 +134,7 @@ def run(quick: bool = False) -> dict:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(save_random_gpt2(Path(tmp) / "gpt2", GPTConfig()))
-        rows = threaded_model(model) if DOT_ROWS is not None else None
+        rows = threaded_model(model) if compile_dot_rows() else None
         as_found = measure(model, rows, rounds, steps)
         with busy_cores(cores):
             loaded = measure(model, rows, rounds, steps)

@@ -24,6 +24,14 @@ CHARTS = ROOT / "docs" / "assets" / "charts"
 WRITE = True
 
 
+def settle(seconds: float = 0.2) -> None:
+    """Let the BLAS library's idle threads fall asleep before the next variant is
+    timed: OpenBLAS's keep spinning for about 0.1 s after a call (measured: a
+    two-thread Numba kernel timed sooner ran 1.7 times slower), and a thread pool
+    started meanwhile would share the cores with them."""
+    time.sleep(seconds)
+
+
 def float32_as_cli(model, rows, threads: int) -> tuple[object, int]:
     """The float32 model and BLAS threads `generate --threads N` runs: BLAS alone
     at one thread, else chapter 21's threaded model `rows` (None: no numba)."""

@@ -175,13 +175,13 @@ def open_model(args: argparse.Namespace):
     saved = saved_scheme(args.model)  # None for a float checkpoint
     if not (args.quantize or saved) and args.threads == 1:
         return load_model(args.model)  # one BLAS thread, no numba: a faster start
-    from minigpt.threads import DOT_ROWS, set_kernel_threads, threaded_model
+    from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
     if not (args.quantize or saved):
-        if DOT_ROWS is None:  # no numba: BLAS takes the threads
+        if compile_dot_rows() is None:  # no numba: BLAS takes the threads
             return load_model(args.model)
         model = threaded_model(load_model(args.model))  # chapter 21
     else:

@@ -6,6 +6,10 @@ int8 `q` with x ~ q * d; the activations are rounded the same way at every
 step. On x86 with AVX2 the kernel sums each group's products in integers with
 `vpmaddwd`, written in LLVM IR through a Numba intrinsic; elsewhere a portable
 loop multiplies the int8 weights, widened to float32, by the rounded activations.
+For one thread, on Linux x86 with AVX2, the same IR is compiled once in a child
+process into machine code, kept in a cache file, then mapped executable and called
+through ctypes, so that the process that generates holds no compiler (Numba and
+LLVM cost it tens of MB); more threads use Numba's kernels and thread pool.
 `int8` keeps one float32 scale per output row and multiplies int8 weights by
 float32 activations. A `QuantMatrix` stands in for a weight array, as chapter
 21's `RowMatrix` does: `x @ W` runs a Numba kernel that splits the output rows
@@ -17,15 +21,26 @@ memory-mapped. Without Numba the same products run in plain NumPy, slowly.
 
 Leaves out on purpose: 4-bit and k-quant formats, zero points (asymmetric
 schemes), calibration (GPTQ, AWQ), a quantised KV cache, and a prefill kernel of
-its own (a prompt runs through the same row kernels, one token row at a time).
+its own (a prompt runs through the same row kernels, one token row at a time),
+threads for our own machine code, and a linker (code that needs relocating is
+refused, and Numba's kernels run instead).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import json
+import mmap
+import os
+import platform
 import shutil
+import struct
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +50,13 @@ from minigpt.kvcache import CachedGPT
 from minigpt.llama import LlamaModel, llama_names, read_llama_config
 from minigpt.model import GPT
 from minigpt.models import saved_scheme
-from minigpt.threads import TABLES, map_matrices, set_kernel_threads, token_rows
+from minigpt.threads import (
+    TABLES,
+    kernel_threads,
+    map_matrices,
+    share_threads,
+    token_rows,
+)
 from minigpt.weights import (
     WeightsError,
     gpt2_names,
@@ -45,19 +66,17 @@ from minigpt.weights import (
     read_safetensors,
 )
 
-try:
+try:  # LLVM's IR as Python objects: plain Python, it loads no compiler
     from llvmlite import ir
-    from llvmlite.binding import get_host_cpu_features
-    from numba import njit, prange, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-except ImportError:  # the NumPy path below still works without numba
-    njit, prange = None, range
+except ImportError:  # no llvmlite (it comes with numba): the NumPy path still works
+    ir = None
+# plain Python's range and no row_dot until compile_kernels imports Numba's
+prange, row_dot = range, None
 
-__all__ = ["QuantMatrix", "dequantize", "load_quantized", "matmul_kernel",
-           "matmul_numpy", "quantize_checkpoint", "quantize_groups",
-           "quantize_matrix", "quantize_model", "save_quantized", "saved_scheme",
-           "set_kernel_threads"]
+__all__ = ["QuantMatrix", "compile_kernels", "dequantize", "load_quantized",
+           "machine_code", "matmul_kernel", "matmul_numpy", "quantize_checkpoint",
+           "quantize_groups", "quantize_matrix", "quantize_model", "save_quantized",
+           "saved_scheme"]
 
 # --8<-- [start:quantize-groups]
 def quantize_groups(x: np.ndarray, group: int, scale_dtype: type = np.float16
@@ -198,6 +217,41 @@ def int8_rows(x: np.ndarray, q: np.ndarray, d: np.ndarray, out: np.ndarray) -> N
 # --8<-- [end:int8-kernel]
 
 
+# --8<-- [start:llvm-ir-loop]
+@contextmanager
+def counted(builder: ir.IRBuilder, n: ir.Value) -> Iterator[ir.Value]:
+    """`for i in range(n)` in LLVM IR: the with-block's code is the loop body."""
+    before = builder.block
+    test, body, after = (builder.append_basic_block(s)
+                         for s in ("test", "body", "after"))
+    builder.branch(test)
+    builder.position_at_end(test)
+    i = builder.phi(n.type)  # i is 0 coming from before, i + 1 from the body
+    i.add_incoming(n.type(0), before)
+    builder.cbranch(builder.icmp_signed("<", i, n), body, after)
+    builder.position_at_end(body)
+    yield i
+    i.add_incoming(builder.add(i, n.type(1)), builder.block)
+    builder.branch(test)
+    builder.position_at_end(after)
+
+
+def declare(module: ir.Module, name: str, result: ir.Type, args: list) -> ir.Function:
+    """The module's function `name`, declared if the module has none yet."""
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(
+        module, ir.FunctionType(result, args), name)
+
+
+def lane_sum(builder: ir.IRBuilder, vector: ir.Value) -> ir.Value:
+    """The sum of a vector's lanes, in order, once per row."""
+    total = builder.extract_element(vector, ir.IntType(32)(0))
+    for i in range(1, vector.type.count):
+        total = builder.fadd(total, builder.extract_element(vector, ir.IntType(32)(i)))
+    return total
+# --8<-- [end:llvm-ir-loop]
+
+
 # --8<-- [start:q8-0-integer-dot]
 # how far ahead of the group being multiplied to ask for weights: one core's
 # hardware prefetcher alone left this kernel well below its memory bandwidth
@@ -212,22 +266,22 @@ def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
                               ir.IntType(64), ir.FloatType())
     v16i8, v16i16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
     v8i32, v8f32 = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
-    fn = cgutils.get_or_insert_function(module, ir.FunctionType(f32, [
-        i8.as_pointer(), f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i64]),
-        "minigpt_q8_0_row_dot")
+    fn = declare(module, "minigpt_q8_0_row_dot", f32, [
+        i8.as_pointer(), f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i64])
     if not fn.is_declaration:
         return fn  # built already, for another kernel of this module
+    fn.linkage = "internal"  # called only from this module: no symbol to look up
     fn.attributes.add("noinline")  # one row per call: no loop may be reordered
     w, s, x, t, G = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
     # 16 int16 pairs multiplied and added in pairs: 8 int32 (x86's vpmaddwd)
-    madd = cgutils.get_or_insert_function(
-        module, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
-    acc = cgutils.alloca_once_value(builder, ir.Constant(v8f32, None))  # zeros
-    prefetch = cgutils.get_or_insert_function(module, ir.FunctionType(
-        ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
-    with cgutils.for_range(builder, G) as loop:
-        start = builder.mul(loop.index, i64(32))  # the group's first number
+    madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+    prefetch = declare(module, "llvm.prefetch.p0i8", ir.VoidType(),
+                       [i8.as_pointer(), i32, i32, i32])
+    acc = builder.alloca(v8f32)
+    builder.store(ir.Constant(v8f32, None), acc)  # zeros
+    with counted(builder, G) as g:
+        start = builder.mul(g, i64(32))  # the group's first number
         ahead = builder.gep(w, [builder.add(start, i64(PREFETCH))])
         builder.call(prefetch, [ahead, i32(0), i32(3), i32(1)])  # read, keep, data
         dots = None
@@ -239,24 +293,22 @@ def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
                                               v16i16.as_pointer()), align=2)
             pair = builder.call(madd, [builder.sext(wv, v16i16), xv])
             dots = pair if dots is None else builder.add(dots, pair)  # exact
-        scale = builder.fmul(builder.load(builder.gep(s, [loop.index])),
-                             builder.load(builder.gep(t, [loop.index])))
+        scale = builder.fmul(builder.load(builder.gep(s, [g])),
+                             builder.load(builder.gep(t, [g])))
         splat = builder.shuffle_vector(  # the group's scale in all 8 lanes
             builder.insert_element(ir.Constant(v8f32, ir.Undefined), scale, i32(0)),
             ir.Constant(v8f32, ir.Undefined), ir.Constant(v8i32, [0] * 8))
         term = builder.fmul(builder.sitofp(dots, v8f32), splat)
         builder.store(builder.fadd(builder.load(acc), term), acc)
-    lanes = builder.load(acc)
-    total = builder.extract_element(lanes, i32(0))
-    for i in range(1, 8):  # the 8 lanes' sum, once per row
-        total = builder.fadd(total, builder.extract_element(lanes, i32(i)))
-    builder.ret(total)
+    builder.ret(lane_sum(builder, builder.load(acc)))
     return fn
 
 
 def q8_0_row_dot(typingctx, q, d, n, xq, xd, t):
     """Numba's typing and call of row_dot_ir: row n of W times row t of x, both
     Q8_0. q: (N, K) int8, d: (N, K/32), xq: (T, K) int16, xd: (T, K/32) -> float32"""
+    from numba import types  # only Numba calls this, while it compiles
+
     want = ((q, types.int8), (d, types.float32), (xq, types.int16), (xd, types.float32))
     if not all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2
                and a.dtype == dtype for a, dtype in want):
@@ -283,14 +335,6 @@ def q8_0_rows_int(xq: np.ndarray, xd: np.ndarray, q: np.ndarray, d: np.ndarray,
     for n in prange(q.shape[0]):
         for t in range(xq.shape[0]):
             out[t, n] = row_dot(q, d, n, xq, xd, t)
-
-
-def has_avx2() -> bool:
-    """Whether this processor has AVX2, whose vpmaddwd the integer kernel calls."""
-    return njit is not None and bool(get_host_cpu_features().get("avx2"))
-
-
-row_dot = intrinsic(q8_0_row_dot) if has_avx2() else None
 # --8<-- [end:q8-0-integer-dot]
 
 
@@ -299,36 +343,367 @@ NO_NUMBA = ("numba is not installed: quantised matrix products run in plain NumP
             "several times slower than float32 (pip install numba)")
 
 
-def compile_kernels(cache: bool = True) -> dict:
-    """The row kernels, compiled for all cores (empty without numba)."""
-    if njit is None:
+@functools.cache
+def compile_kernels() -> dict:
+    """The row kernels, compiled by Numba for all cores (empty without numba)."""
+    global prange, row_dot  # the names the kernels look up as Numba compiles them
+    try:
+        from llvmlite.binding import get_host_cpu_features
+        from numba import njit, prange
+        from numba.extending import intrinsic
+    except ImportError:
         return {}
+    share_threads()  # chapter 21: as many threads as set_kernel_threads asked for
     # parallel: prange splits the rows over threads; fastmath: packed, reordered
-    # sums; cache: compiled once, then loaded from __pycache__ by later runs
+    # sums; cache: compiled once, then loaded from __pycache__ by later runs, for
+    # code in a file (code typed into a session has no file to cache beside)
+    cache = q8_0_rows.__code__.co_filename.endswith(".py")
     jit = njit(parallel=True, fastmath=True, cache=cache)
     kernels = {"q8_0": jit(q8_0_rows), "int8": jit(int8_rows)}
-    if row_dot is not None:  # x86 with AVX2: Q8_0's dot products in integers
+    if get_host_cpu_features().get("avx2"):  # x86 with AVX2: integer Q8_0 sums
+        row_dot = intrinsic(q8_0_row_dot)
         kernels["q8_0 integer"] = jit(q8_0_rows_int)
     return kernels
 # --8<-- [end:compile-quant-kernels]
 
 
-KERNELS = compile_kernels()
+# --8<-- [start:int8-row-dot]
+def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
+    """An LLVM function: s * (w . x), 32 numbers a step. w: K int8, s: float32,
+    x: K float32, K (a multiple of 32) -> float32"""
+    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    v16i8, v16f32 = ir.VectorType(i8, 16), ir.VectorType(f32, 16)
+    fn = declare(module, "minigpt_int8_row_dot", f32,
+                 [i8.as_pointer(), f32, f32.as_pointer(), i64])
+    if not fn.is_declaration:
+        return fn
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    w, s, x, K = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    fma = declare(module, "llvm.fma.v16f32", v16f32, [v16f32] * 3)  # a * b + c
+    prefetch = declare(module, "llvm.prefetch.p0i8", ir.VoidType(),
+                       [i8.as_pointer(), i32, i32, i32])
+    sums = [builder.alloca(v16f32) for _ in range(2)]  # two chains of adds
+    for acc in sums:
+        builder.store(ir.Constant(v16f32, None), acc)
+    with counted(builder, builder.udiv(K, i64(32))) as step:
+        start = builder.mul(step, i64(32))
+        builder.call(prefetch, [builder.gep(w, [builder.add(start, i64(PREFETCH))]),
+                                i32(0), i32(3), i32(1)])
+        for half, acc in zip((0, 16), sums, strict=True):
+            at = builder.add(start, i64(half))
+            wv = builder.load(builder.bitcast(builder.gep(w, [at]),
+                                              v16i8.as_pointer()), align=1)
+            xv = builder.load(builder.bitcast(builder.gep(x, [at]),
+                                              v16f32.as_pointer()), align=4)
+            # int8 -> float32 in the register, then one fused multiply-add
+            builder.store(builder.call(fma, [builder.sitofp(wv, v16f32), xv,
+                                             builder.load(acc)]), acc)
+    total = builder.fadd(builder.load(sums[0]), builder.load(sums[1]))
+    builder.ret(builder.fmul(s, lane_sum(builder, total)))
+    return fn
+# --8<-- [end:int8-row-dot]
+
+
+# --8<-- [start:rows-ir]
+def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
+    """void minigpt_<scheme>_rows(x, xd, q, d, out, N, K, T): out[t, n] = row n of
+    W times row t of x, for t < T and n < N. The arguments are pointers to
+    Numba's kernels' arrays, in their order, then the sizes."""
+    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
+    ptr, fp = i8.as_pointer(), f32.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        ptr, fp, ptr, fp, fp, i64, i64, i64]), f"minigpt_{scheme}_rows")
+    x, xd, q, d, out, N, K, T = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    G = builder.udiv(K, i64(32))
+    with counted(builder, N) as n, counted(builder, T) as t:  # a row, every token
+        w = builder.gep(q, [builder.mul(n, K)])  # &q[n, 0]
+        if scheme == "q8_0":  # x: int16 Q8_0 numbers, xd: their scales
+            xt = builder.gep(builder.bitcast(x, i16.as_pointer()), [builder.mul(t, K)])
+            dot = builder.call(row_dot_ir(module), [
+                w, builder.gep(d, [builder.mul(n, G)]), xt,
+                builder.gep(xd, [builder.mul(t, G)]), G])
+        else:  # int8: x in float32, one scale per row
+            xt = builder.gep(builder.bitcast(x, fp), [builder.mul(t, K)])
+            dot = builder.call(int8_row_dot_ir(module), [
+                w, builder.load(builder.gep(d, [n])), xt, K])
+        builder.store(dot, builder.gep(out, [builder.add(builder.mul(t, N), n)]))
+    builder.ret_void()
+    return fn
+# --8<-- [end:rows-ir]
+
+
+# --8<-- [start:quantize-ir]
+def quantize_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
+    """void minigpt_q8_0_quantize(x, xq, xd, G, top): G groups of 32 float32 rounded
+    as quantize_groups(x, 32, np.float16) rounds them, the numbers widened to int16.
+    x: G*32 float32, top: 127.0 -> xq: G*32 int16, xd: G float32"""
+    f32, i16, i32, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    v32f32, v32i16 = ir.VectorType(f32, 32), ir.VectorType(i16, 32)
+    # top is an argument, not a constant: x86 loads float constants from a data
+    # section beside the code, and elf_text refuses code that refers outside itself
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i64, f32]),
+        "minigpt_q8_0_quantize")
+    x, xq, xd, G, top = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    most = declare(module, "llvm.vector.reduce.fmax.v32f32", f32, [v32f32])
+    least = declare(module, "llvm.vector.reduce.fmin.v32f32", f32, [v32f32])
+    larger = declare(module, "llvm.maxnum.f32", f32, [f32, f32])
+    rint = declare(module, "llvm.rint.v32f32", v32f32, [v32f32])  # to nearest, even
+    zeros = ir.Constant(v32f32, None)
+    with counted(builder, G) as g:
+        at = builder.mul(g, i64(32))
+        v = builder.load(builder.bitcast(builder.gep(x, [at]), v32f32.as_pointer()),
+                         align=4)
+        # max |x| as max(largest, -smallest): fabs would need a constant bit mask
+        amax = builder.call(larger, [builder.call(most, [v]), builder.fsub(
+            f32(0.0), builder.call(least, [v]))])
+        # the scale as stored: amax / 127 rounded to float16 and back (F16C)
+        d = builder.fpext(builder.fptrunc(builder.fdiv(amax, top), ir.HalfType()), f32)
+        builder.store(d, builder.gep(xd, [g]))
+        ds = builder.shuffle_vector(  # d in all 32 lanes
+            builder.insert_element(ir.Constant(v32f32, ir.Undefined), d, i32(0)),
+            ir.Constant(v32f32, ir.Undefined),
+            ir.Constant(ir.VectorType(i32, 32), [0] * 32))
+        # x / d in [-127, 127]; a group of zeros has d = 0 and gets q = 0
+        scaled = builder.select(builder.fcmp_ordered(">", ds, zeros),
+                                builder.fdiv(v, ds), zeros)
+        q = builder.fptosi(builder.call(rint, [scaled]), v32i16)
+        out = builder.bitcast(builder.gep(xq, [at]), v32i16.as_pointer())
+        builder.store(q, out, align=2)
+    builder.ret_void()
+    return fn
+# --8<-- [end:quantize-ir]
+
+
+# --8<-- [start:compile-object]
+def compile_object(ir_text: str, assembly: bool = False) -> bytes:
+    """LLVM IR as text -> an object file of machine code for this processor
+    (or, to read, the same code as assembly text)."""
+    import llvmlite.binding as llvm  # LLVM itself: only the process compiling
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+        opt=3, reloc="pic", codemodel="small")  # runs wherever it is mapped
+    module = llvm.parse_assembly(ir_text)
+    module.triple, module.data_layout = machine.triple, str(machine.target_data)
+    module.verify()
+    # LLVM's standard -O3 passes: registers for the allocas, the loops tidied
+    passes = llvm.create_pass_builder(
+        machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(module, passes)
+    if assembly:
+        return machine.emit_assembly(module).encode()
+    return machine.emit_object(module)
+
+
+def in_child(fn: Callable[[str], bytes], arg: str) -> bytes:
+    """fn(arg) run in a forked copy of this process: what fn loads (LLVM, tens of
+    MB) leaves with the child, and only the bytes it returns come back."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        os.close(read)
+        try:
+            out, status = fn(arg), 0
+        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+            out, status = f"{type(exc).__name__}: {exc}".encode(), 1
+        with os.fdopen(write, "wb") as f:
+            f.write(out)
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"compiling in a child process failed: "
+                           f"{out.decode(errors='replace') or status}")
+    return out
+# --8<-- [end:compile-object]
+
+
+# --8<-- [start:elf-text]
+SHT_RELA, SHT_REL, SHF_ALLOC = 4, 9, 0x2  # ELF: relocation sections; loaded
+
+
+def elf_text(obj: bytes, names: list[str]) -> tuple[bytes, dict[str, int]]:
+    """The .text bytes of a 64-bit ELF object and where each named function starts
+    in them; an error if the code needs relocating (it could not run as it is)."""
+    if obj[:4] != b"\x7fELF" or obj[4:6] != b"\x02\x01":
+        raise ValueError("not a 64-bit little-endian ELF object")
+    (table,) = struct.unpack_from("<Q", obj, 0x28)  # where the section headers are
+    size, count, names_at = struct.unpack_from("<HHH", obj, 0x3A)
+    # a header: name, type, flags, address, offset, size, link, info, align, entsize
+    headers = [struct.unpack_from("<IIQQQQIIQQ", obj, table + i * size)
+               for i in range(count)]
+
+    def name(strings: int, at: int) -> str:  # a 0-terminated string of a table
+        start = headers[strings][4] + at
+        return obj[start:obj.index(b"\0", start)].decode()
+    sections = {name(names_at, h[0]): i for i, h in enumerate(headers)}
+    text = sections[".text"]
+    for i, (at, kind, flags, _, _, length, _, info, _, _) in enumerate(headers):
+        if kind in (SHT_RELA, SHT_REL) and info == text:
+            raise ValueError("the code needs relocating: it refers outside itself")
+        if flags & SHF_ALLOC and length and i != text and \
+                not name(names_at, at).startswith(".eh_frame"):
+            raise ValueError(f"the code needs section {name(names_at, at)}")
+    symbols = headers[sections[".symtab"]]  # 24 bytes each: name, ..., value
+    starts = {}
+    for at in range(symbols[4], symbols[4] + symbols[5], 24):
+        label, _, _, section, value, _ = struct.unpack_from("<IBBHQQ", obj, at)
+        if section == text:
+            starts[name(symbols[6], label)] = value
+    missing = [n for n in names if n not in starts]
+    if missing:
+        raise ValueError(f"no function {missing[0]} in the object")
+    start, length = headers[text][4], headers[text][5]
+    return obj[start:start + length], {n: starts[n] for n in names}
+# --8<-- [end:elf-text]
+
+
+# --8<-- [start:machine-code]
+@dataclass(frozen=True)
+class MachineKernel:
+    """A rows_ir function, mapped from a file and called through ctypes with the
+    same arrays as Numba's kernel for its scheme."""
+
+    code: mmap.mmap  # the mapped file: it must live as long as the function
+    fn: Callable  # void (x, xd, q, d, out, N, K, T)
+    scheme: str
+
+    def __call__(self, x, *arrays) -> None:
+        """(xq, xd, q, d, out) for q8_0, (x, q, d, out) for int8, as Numba's."""
+        xd, q, d, out = arrays if self.scheme == "q8_0" else (None, *arrays)
+        (T, K), N = x.shape, q.shape[0]
+        G = K // 32 if self.scheme == "q8_0" else 1  # scales per row
+        want = [(x, np.int16 if self.scheme == "q8_0" else np.float32, (T, K)),
+                (q, np.int8, (N, K)), (d, np.float32, (N, G)),
+                (out, np.float32, (T, N))] + ([] if xd is None else
+                                              [(xd, np.float32, (T, G))])
+        # the machine code trusts its pointers: a wrong array would crash Python
+        if K % 32 or not all(a.dtype == t and a.shape == s and a.flags.c_contiguous
+                             for a, t, s in want):
+            raise ValueError(f"{self.scheme} machine code: arrays of the wrong "
+                             f"dtype, shape or layout for T={T}, N={N}, K={K}")
+        self.fn(x.ctypes.data, None if xd is None else xd.ctypes.data,
+                q.ctypes.data, d.ctypes.data, out.ctypes.data, N, K, T)
+
+
+@dataclass(frozen=True)
+class MachineRounding:
+    """quantize_ir's function, mapped and called through ctypes: a token's
+    activations in Q8_0, as quantize_groups(x, 32, np.float16) rounds them."""
+
+    code: mmap.mmap
+    fn: Callable  # void (x, xq, xd, G, top)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x: (T, K) float32 -> xq: (T, K) int16, xd: (T, K/32) float32"""
+        if (x.dtype != np.float32 or x.ndim != 2 or x.shape[1] % 32
+                or not x.flags.c_contiguous):
+            raise ValueError(f"q8_0 rounding machine code: x must be contiguous "
+                             f"float32 rows of a multiple of 32 numbers, got "
+                             f"{x.dtype} {list(x.shape)}")
+        xq = np.empty(x.shape, np.int16)
+        xd = np.empty((len(x), x.shape[1] // 32), np.float32)
+        self.fn(x.ctypes.data, xq.ctypes.data, xd.ctypes.data, xd.size, 127.0)
+        return xq, xd
+
+
+def code_cache() -> Path:
+    """Where compiled machine code is kept: $MINIGPT_CACHE, else the user's cache."""
+    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("MINIGPT_CACHE") or Path(home) / "minigpt")
+
+
+def this_processor() -> str:
+    """The machine's name and feature flags (Linux), which the code is built for."""
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.startswith(("model name", "flags"))]
+    return platform.machine() + "".join(sorted(set(lines)))
+
+
+def kernels_ir() -> str:
+    """The LLVM IR of a module with one rows_ir function per scheme, as text."""
+    module = ir.Module("minigpt_kernels")
+    for scheme in SCHEMES:
+        rows_ir(module, scheme)
+    quantize_ir(module)
+    return str(module)
+
+
+def build_machine_code() -> Path:
+    """The row kernels compiled once for this processor, into the cache."""
+    text = kernels_ir()
+    key = hashlib.sha256((text + this_processor()).encode()).hexdigest()[:16]
+    path = code_cache() / f"kernels-{key}.bin"
+    if not path.with_suffix(".json").exists():  # written last: the pair is whole
+        names = [f"minigpt_{s}_rows" for s in SCHEMES] + ["minigpt_q8_0_quantize"]
+        code, starts = elf_text(in_child(compile_object, text), names)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, data in ((".bin", code), (".json", json.dumps(starts).encode())):
+            part = path.with_suffix(f".{os.getpid()}.part")
+            part.write_bytes(data)
+            part.replace(path.with_suffix(suffix))  # whole, or not there at all
+    return path
+
+
+@functools.cache
+def machine_code() -> dict:
+    """scheme -> MachineKernel, compiled on first use or mapped from the cache;
+    empty where there is none (not Linux on x86 with AVX2, or no llvmlite)."""
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"
+            and ir is not None and " avx2" in this_processor()):
+        return {}
+    try:
+        path = build_machine_code()
+        starts = json.loads(path.with_suffix(".json").read_text())
+        with open(path, "rb") as f:  # read and execute, never write
+            code = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ | mmap.PROT_EXEC)
+    except (OSError, ValueError, RuntimeError) as exc:
+        warnings.warn(f"no machine code of our own ({exc}); Numba's kernels run",
+                      stacklevel=2)
+        return {}
+    base = np.frombuffer(code, np.uint8).ctypes.data  # where the file is mapped
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    signature = ctypes.CFUNCTYPE(None, p, p, p, p, p, i, i, i)  # C's calling rules
+    named = {"q8_0": "q8_0 integer", "int8": "int8"}  # as Numba's, same arrays
+    kernels = {named[s]: MachineKernel(
+        code, signature(base + starts[f"minigpt_{s}_rows"]), s) for s in SCHEMES}
+    rounding = ctypes.CFUNCTYPE(None, p, p, p, i, ctypes.c_float)(
+        base + starts["minigpt_q8_0_quantize"])
+    return kernels | {"q8_0 rounding": MachineRounding(code, rounding)}
+# --8<-- [end:machine-code]
 
 
 # --8<-- [start:quantized-matmul]
-def matmul_kernel(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
-    """x @ w through the compiled kernel. x: (T, K) float32, w: (K, N) -> (T, N)"""
+def pick_kernels() -> dict:
+    """Our own machine code for one thread; Numba's kernels for more threads, or
+    where there is no machine code; empty where there is neither."""
+    code = machine_code() if kernel_threads() == 1 else {}
+    return code or compile_kernels() or machine_code()
+
+
+def matmul_kernel(x: np.ndarray, w: QuantMatrix, kernels: dict) -> np.ndarray:
+    """x @ w through a compiled kernel. x: (T, K) float32, w: (K, N) -> (T, N)"""
     out = np.empty((len(x), w.q.shape[0]), np.float32)
     q = np.asarray(w.q)  # a memory map is an ndarray subclass; the kernel wants ndarray
-    if w.scheme == "q8_0":  # the activations rounded to Q8_0 too, every step
-        xq, xd = quantize_groups(x, 32, np.float16)
-        if "q8_0 integer" in KERNELS:  # x86 with AVX2: integer dot products
-            KERNELS["q8_0 integer"](xq.astype(np.int16), xd, q, w.d, out)
-        else:
-            KERNELS["q8_0"](dequantize(xq, xd), q, w.d, out)
+    if w.scheme == "int8":
+        kernels["int8"](x, q, w.d, out)
+        return out
+    # the activations rounded to Q8_0 too, every step: by our machine code or NumPy
+    rounding = kernels.get("q8_0 rounding", lambda x: quantize_groups(x, 32))
+    xq, xd = rounding(x)
+    if "q8_0 integer" in kernels:  # x86 with AVX2: integer dot products
+        kernels["q8_0 integer"](xq.astype(np.int16, copy=False), xd, q, w.d, out)
     else:
-        KERNELS["int8"](x, q, w.d, out)
+        kernels["q8_0"](dequantize(xq, xd), q, w.d, out)
     return out
 
 
@@ -345,7 +720,8 @@ def matmul_numpy(x: np.ndarray, w: QuantMatrix, rows: int = 1024) -> np.ndarray:
 def quantized_matmul(x: np.ndarray, w: QuantMatrix) -> np.ndarray:
     """x @ w for a quantised weight. x: (..., K), w: (K, N) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K], shapes checked as chapter 21's RowMatrix does
-    out = matmul_kernel(x2, w) if KERNELS else matmul_numpy(x2, w)
+    kernels = pick_kernels()
+    out = matmul_kernel(x2, w, kernels) if kernels else matmul_numpy(x2, w)
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 # --8<-- [end:quantized-matmul]
 
@@ -357,7 +733,7 @@ def quantize_model(model: GPT | LlamaModel, scheme: str = "q8_0") -> GPT | Llama
     """The same model with every matrix quantised; its forward code is unchanged."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose from {sorted(SCHEMES)}")
-    if not KERNELS:
+    if not pick_kernels():
         warnings.warn(NO_NUMBA, stacklevel=2)
     # chapter 21's walk: tables by their rows, weights by their outputs' rows
     params = map_matrices(model.params, lambda rows: quantize_matrix(rows, scheme))
@@ -485,7 +861,7 @@ def load_quantized(path: str | Path) -> GPT | LlamaModel:
                               out_in, source)
     if getattr(config, "tie_word_embeddings", False):  # LLaMA only
         params["lm_head"] = params["embed_tokens"].T  # tied: the table, as a head
-    if not KERNELS:
+    if not pick_kernels():
         warnings.warn(NO_NUMBA, stacklevel=2)
     return cls(config, params)
 

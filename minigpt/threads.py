@@ -17,18 +17,22 @@ good at many rows), pinning threads to cores, and splitting work across layers.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-try:
-    from numba import njit, prange
-except ImportError:  # the BLAS library then does every product
-    njit, prange = None, range
+# plain Python's range until compile_dot_rows imports Numba's parallel one: Numba
+# and its compiler add some 70 MB to a process, which a one-thread run never needs
+prange = range
+KERNEL_THREADS = 1  # what set_kernel_threads last asked for
 
-__all__ = ["RowMatrix", "dot_rows", "map_matrices", "rows_matmul",
-           "set_kernel_threads", "threaded_model", "token_rows"]
+__all__ = ["RowMatrix", "compile_dot_rows", "dot_rows", "kernel_threads",
+           "map_matrices", "rows_matmul", "set_kernel_threads", "share_threads",
+           "threaded_model", "token_rows"]
 
 
 def dot_rows(x: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
@@ -51,15 +55,17 @@ def dot_rows(x: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
         out[n] = s0
 
 
+@functools.cache
 def compile_dot_rows(cache: bool = True) -> Callable | None:
-    """dot_rows compiled for all cores (None without numba)."""
-    if njit is None:
+    """dot_rows compiled for all cores on first use (None without numba)."""
+    global prange  # the name dot_rows's loop looks up when Numba compiles it
+    try:
+        from numba import njit, prange
+    except ImportError:  # the BLAS library then does every product
         return None
+    share_threads()  # Numba's pool starts with every core
     # fastmath lets LLVM reorder each sum into packed lanes (chapter 6)
     return njit(parallel=True, fastmath=True, cache=cache)(dot_rows)
-
-
-DOT_ROWS = compile_dot_rows()
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,11 @@ def token_rows(x: np.ndarray, w) -> np.ndarray:
 def rows_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
     """x @ w: the kernel for one token, BLAS for more. x: (..., K) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K]
-    if len(x2) > 1 or DOT_ROWS is None:  # a prompt: BLAS is good at many rows
+    kernel = compile_dot_rows()
+    if len(x2) > 1 or kernel is None:  # a prompt: BLAS is good at many rows
         return (x2 @ w.rows.T).reshape(*x.shape[:-1], -1)
     out = np.empty(w.rows.shape[0], np.float32)
-    DOT_ROWS(x2[0], w.rows, out)
+    kernel(x2[0], w.rows, out)
     return out.reshape(*x.shape[:-1], -1)  # [N] -> [..., N]
 
 
@@ -153,9 +160,20 @@ def threaded_model(model):
 
 
 def set_kernel_threads(n: int | None) -> None:
-    """Threads for the kernels' prange (None: every core Numba found)."""
-    if njit is not None:
-        import numba
+    """Threads for our kernels (None: every core)."""
+    global KERNEL_THREADS
+    cores = os.cpu_count() or 1
+    KERNEL_THREADS = min(n, cores) if n else cores
+    share_threads()
 
-        most = numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(min(n, most) if n else most)
+
+def kernel_threads() -> int:
+    """How many threads our kernels are to use (1 until set_kernel_threads)."""
+    return KERNEL_THREADS
+
+
+def share_threads() -> None:
+    """Numba's pool, if Numba is loaded, held to kernel_threads()."""
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(min(KERNEL_THREADS, numba.config.NUMBA_NUM_THREADS))

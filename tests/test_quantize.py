@@ -9,7 +9,9 @@ relative 2**-11, so max|x| / d <= 127 * (1 + 2**-11) < 127.5: never clipped.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +23,13 @@ from minigpt.__main__ import main
 from minigpt.generate import generate
 from minigpt.models import load_model
 from minigpt.quantize import (
-    KERNELS,
     NO_NUMBA,
     QuantMatrix,
+    compile_kernels,
     dequantize,
+    kernels_ir,
     load_quantized,
+    machine_code,
     matmul_kernel,
     matmul_numpy,
     quantize_checkpoint,
@@ -38,7 +42,12 @@ from minigpt.weights import WeightsError
 from tests.reference import require
 
 SCHEMES = ["q8_0", "int8"]
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = compile_kernels()
 needs_numba = pytest.mark.skipif(not KERNELS, reason="numba is not installed")
+CODE = machine_code()
+needs_code = pytest.mark.skipif(not CODE, reason="machine code needs Linux on x86 "
+                                "with AVX2, and llvmlite")
 
 
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -95,15 +104,18 @@ def test_zero_groups_and_bad_inputs():
         quantize_matrix(np.ones((2, 32), np.float32), "q4")
 
 
-@needs_numba
+@pytest.mark.parametrize("kernels", ["numba", "machine code"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("T", [1, 5])
 @pytest.mark.parametrize("rows", [68, 70, 71])  # whole blocks of 4, and leftovers
-def test_kernel_and_numpy_fallback_agree(scheme, T, rows):
+def test_kernel_and_numpy_fallback_agree(kernels, scheme, T, rows):
+    kernels = {"numba": KERNELS, "machine code": CODE}[kernels]
+    if not kernels:
+        pytest.skip("numba is not installed, or there is no machine code here")
     rng = np.random.default_rng(1)
     w = quantize_matrix(rng.standard_normal((rows, 96)).astype(np.float32), scheme).T
     x = rng.standard_normal((T, 96)).astype(np.float32)
-    fast, slow = matmul_kernel(x, w), matmul_numpy(x, w)
+    fast, slow = matmul_kernel(x, w, kernels), matmul_numpy(x, w)
     # the same products, summed in another order: float32 rounding only
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5 * np.abs(slow).max())
 
@@ -146,6 +158,152 @@ def test_the_integer_kernel_is_compiled_to_integer_multiply_adds():
            np.ones((8, 2), np.float32), out)
     assert (out == 64).all()
     assert "vpmaddwd" in "\n".join(kernel.inspect_asm().values())
+
+
+@needs_code
+@pytest.mark.parametrize("T, rows, K", [(1, 68, 96), (1, 71, 768), (5, 70, 3072)])
+def test_machine_code_equals_numpy_and_sums_groups_exactly(T, rows, K):
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((rows, K)).astype(np.float32)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    q, d = quantize_groups(a, 32)
+    xq, xd = quantize_groups(x, 32)
+    got = np.empty((T, rows), np.float32)
+    CODE["q8_0 integer"](xq.astype(np.int16), xd, q, d, got)
+    want = dequantize(xq, xd) @ dequantize(q, d).T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    one_group = np.empty((T, rows), np.float32)  # scales of 1: the integers alone
+    CODE["q8_0 integer"](xq[:, :32].astype(np.int16), np.ones((T, 1), np.float32),
+                         np.ascontiguousarray(q[:, :32]),
+                         np.ones((rows, 1), np.float32), one_group)
+    want = xq[:, :32].astype(np.int64) @ q[:, :32].astype(np.int64).T
+    assert (one_group == want).all()
+    qi, di = quantize_groups(a, K, np.float32)  # int8: one scale per row
+    got = np.empty((T, rows), np.float32)
+    CODE["int8"](x, qi, di, got)
+    want = x @ dequantize(qi, di).T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_code
+@pytest.mark.parametrize("T, K", [(1, 768), (3, 3072), (2, 64)])
+def test_machine_code_rounds_activations_exactly_as_numpy(T, K):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((T, K)).astype(np.float32) * 3
+    x[0, :32] = 0  # a group of zeros: scale 0, numbers 0
+    x[-1, 40] = -1000.0  # an outlier sets its own group's scale
+    x[-1, 33] = 0.5 * x[-1, 40] / 127  # about half a step: where rounding decides
+    xq, xd = CODE["q8_0 rounding"](x)
+    q, d = quantize_groups(x, 32)
+    assert xq.dtype == np.int16 and xd.dtype == np.float32
+    np.testing.assert_array_equal(xq, q)  # the same float16 scales, the same rint
+    np.testing.assert_array_equal(xd, d)
+    for bad in (x.astype(np.float64), x[:, :40], x[:, ::2], x[0]):
+        with pytest.raises(ValueError, match="contiguous float32 rows"):
+            CODE["q8_0 rounding"](bad)
+
+
+@needs_code
+def test_machine_code_refuses_arrays_it_would_misread():
+    q, d = np.ones((8, 64), np.int8), np.ones((8, 2), np.float32)
+    xq, xd = np.ones((1, 64), np.int16), np.ones((1, 2), np.float32)
+    out = np.empty((1, 8), np.float32)
+    kernel = CODE["q8_0 integer"]
+    kernel(xq, xd, q, d, out)
+    assert (out == 64).all()
+    bad = [(xq.astype(np.int32), xd, q, d, out),  # wrong dtype
+           (xq, xd, q[:, :32], d, out),  # rows of another length
+           (xq, xd, np.asfortranarray(q), d, out),  # not row after row in memory
+           (xq, xd, q, d, np.empty((1, 7), np.float32)),  # an output too short
+           (xq, xd, q, np.ones((8, 1), np.float32), out),  # too few scales
+           (np.ones((1, 40), np.int16), np.ones((1, 1), np.float32),
+            np.ones((8, 40), np.int8), np.ones((8, 1), np.float32), out)]  # K % 32
+    for arrays in bad:
+        with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
+            kernel(*arrays)
+    with pytest.raises(ValueError, match="wrong dtype"):
+        CODE["int8"](np.ones((1, 64), np.float64), q, d[:, :1], out)
+
+
+@needs_code
+def test_machine_code_is_compiled_once_then_mapped_from_the_cache(monkeypatch,
+                                                                  tmp_path):
+    import minigpt.quantize as quantize
+
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
+    quantize.machine_code.cache_clear()
+    try:
+        first = quantize.machine_code()
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert [f.rsplit(".", 1)[1] for f in files] == ["bin", "json"]
+        starts = json.loads((tmp_path / files[1]).read_text())
+        assert set(starts) == {"minigpt_q8_0_rows", "minigpt_int8_rows",
+                               "minigpt_q8_0_quantize"}
+
+        def no_compiler(*args):
+            raise AssertionError("compiled again")
+        monkeypatch.setattr(quantize, "in_child", no_compiler)
+        quantize.machine_code.cache_clear()
+        again = quantize.machine_code()  # from the cache: no compiler, same code
+        assert again["int8"].code[:] == first["int8"].code[:]
+    finally:
+        quantize.machine_code.cache_clear()
+
+
+@needs_code
+def test_a_compile_error_in_the_child_reaches_the_parent():
+    from minigpt.quantize import in_child
+
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        in_child(lambda text: bytes(1 // len(text)), "")
+    assert in_child(lambda text: text.encode() * 2, "ab") == b"abab"
+
+
+@needs_code
+def test_code_that_needs_relocating_is_refused():
+    from llvmlite import ir
+
+    from minigpt.quantize import compile_object, elf_text
+
+    module = ir.Module("outside")
+    f32 = ir.FloatType()
+    sqrt = ir.Function(module, ir.FunctionType(f32, [f32]), "sqrtf")  # libc's
+    fn = ir.Function(module, ir.FunctionType(f32, [f32]), "root")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    builder.ret(builder.call(sqrt, [fn.args[0]]))
+    obj = compile_object(str(module))
+    with pytest.raises(ValueError, match="needs relocating"):
+        elf_text(obj, ["root"])
+    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
+        elf_text(b"MZ" + obj[2:], ["root"])
+    code, starts = elf_text(compile_object(kernels_ir()), ["minigpt_int8_rows"])
+    assert 0 <= starts["minigpt_int8_rows"] < len(code)
+    with pytest.raises(ValueError, match="no function nothing"):
+        elf_text(compile_object(kernels_ir()), ["nothing"])
+
+
+@needs_code
+def test_machine_code_holds_integer_and_fused_multiply_adds():
+    from minigpt.quantize import compile_object
+
+    asm = compile_object(kernels_ir(), assembly=True).decode()
+    assert "vpmaddwd" in asm and "vfmadd" in asm and "prefetcht0" in asm
+
+
+@needs_code
+def test_one_thread_of_quantised_decoding_loads_neither_numba_nor_llvm(tmp_path):
+    script = (
+        "import sys\n"
+        "from minigpt.quantize import load_quantized\n"
+        "from minigpt.generate import generate\n"
+        f"model = load_quantized({str(tmp_path / 'q')!r})\n"
+        "tokens = list(generate(model, [1, 2, 3], 4))\n"
+        "loaded = [m for m in ('numba', 'llvmlite.binding') if m in sys.modules]\n"
+        "print(len(tokens), loaded)\n")
+    quantize_checkpoint(DEMO_MODEL, tmp_path / "q", "q8_0")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "4 []"
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -288,7 +446,8 @@ def test_without_numba_the_numpy_path_runs_with_a_message(monkeypatch):
 
     model = load_model(DEMO_MODEL)
     want = quantize_model(model, "q8_0").forward(demo_ids(20))
-    monkeypatch.setattr(quantize, "KERNELS", {})
+    monkeypatch.setattr(quantize, "compile_kernels", lambda: {})
+    monkeypatch.setattr(quantize, "machine_code", lambda: {})
     with pytest.warns(UserWarning, match="numba is not installed"):
         slow = quantize.quantize_model(model, "q8_0")
     assert "pip install numba" in NO_NUMBA

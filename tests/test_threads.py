@@ -7,6 +7,8 @@ order of float32 additions, and the same greedy tokens.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -14,8 +16,8 @@ from minigpt import DEMO_LLAMA, DEMO_MODEL
 from minigpt.generate import generate
 from minigpt.models import load_model
 from minigpt.threads import (
-    DOT_ROWS,
     RowMatrix,
+    compile_dot_rows,
     dot_rows,
     map_matrices,
     rows_matmul,
@@ -23,6 +25,7 @@ from minigpt.threads import (
     threaded_model,
 )
 
+DOT_ROWS = compile_dot_rows()
 needs_numba = pytest.mark.skipif(DOT_ROWS is None, reason="numba is not installed")
 
 
@@ -52,7 +55,7 @@ def test_the_compiled_kernel_equals_numpy_on_any_thread_count(n, threads):
     try:
         DOT_ROWS(x, a, out)
     finally:
-        set_kernel_threads(None)
+        set_kernel_threads(1)
     np.testing.assert_allclose(out, a @ x, rtol=1e-4, atol=1e-4)
 
 
@@ -127,3 +130,33 @@ def test_threaded_llama_reads_its_weights_in_place():
     w = fast.params["layers"][0]["mlp"]["down_proj"]
     assert isinstance(w, RowMatrix)
     assert np.shares_memory(w.rows, model.params["layers"][0]["mlp"]["down_proj"])
+
+
+def test_threads_are_recorded_without_loading_numba():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys\n"
+              "from minigpt.threads import kernel_threads, set_kernel_threads\n"
+              "before = kernel_threads()\n"
+              "set_kernel_threads(2)\n"
+              "print(before, kernel_threads(), 'numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split() == ["1", str(min(2, os.cpu_count() or 1)), "False"]
+
+
+@needs_numba
+def test_numba_pool_follows_the_threads_asked_for():
+    import numba
+
+    from minigpt.threads import kernel_threads
+    try:
+        set_kernel_threads(1)
+        assert numba.get_num_threads() == kernel_threads() == 1
+        set_kernel_threads(None)  # every core
+        assert numba.get_num_threads() == min(os.cpu_count(),
+                                              numba.config.NUMBA_NUM_THREADS)
+    finally:
+        set_kernel_threads(1)

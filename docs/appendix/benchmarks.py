@@ -284,6 +284,26 @@ for name, t in quant["targets"].items():
           f"{'met' if t['met'] else 'NOT met'}")
 
 # %% [markdown]
+# The same run's memory: the peak resident memory of a fresh process that loads each
+# file and generates, beside the file it maps (one thread, our own machine code, unless
+# the label says otherwise).
+
+# %%
+memory = quant["memory"]
+fig, ax = plt.subplots(figsize=(6, 3))
+names = list(memory)
+y = np.arange(len(names))
+ax.barh(y, [memory[k]["peak_rss_bytes"] / 1e6 for k in names], height=0.6,
+        label="peak resident memory")
+ax.barh(y, [memory[k]["file_bytes"] / 1e6 for k in names], height=0.3,
+        label="weight file")
+ax.set_yticks(y, names)
+ax.invert_yaxis()
+ax.set_xlabel("MB, GPT-2 124M shape")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
 # ## Against llama.cpp (chapters 21 and 23)
 #
 # `python -m benchmarks peers`: llama.cpp's `llama-bench`, built from the sources that

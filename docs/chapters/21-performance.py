@@ -395,6 +395,12 @@ show(threads.compile_dot_rows, threads.RowMatrix, threads.token_rows,
      threads.rows_matmul)
 
 # %% [markdown]
+# `compile_dot_rows` imports Numba only when a kernel is first needed, and
+# `functools.cache` keeps what it returns: importing Numba and its compiler, LLVM,
+# adds tens of MB to a process, which a run on one thread never needs (chapter 23
+# counts them). Until then the module's `prange` is plain `range`, so the listing
+# runs as plain Python too; `global prange` puts Numba's in its place before Numba
+# reads the loop.
 # `token_rows` checks that `x @ W` makes sense and flattens any leading axes of
 # `x` into rows; chapter 23's quantised matrices use it too. A prompt has many
 # rows, and there BLAS's matrix-matrix product is the right tool, so
@@ -408,7 +414,12 @@ show(threads.compile_dot_rows, threads.RowMatrix, threads.token_rows,
 # same function.
 
 # %%
-show(threads.map_matrices, threads.threaded_model, threads.set_kernel_threads)
+show(threads.map_matrices, threads.threaded_model, threads.set_kernel_threads,
+     threads.kernel_threads, threads.share_threads)
+
+# %% [markdown]
+# `set_kernel_threads` only records the number while Numba is not loaded;
+# `share_threads` hands it to Numba's pool, whenever the pool exists.
 
 # %% [markdown]
 # The threaded model is the same class with other parameters, so `generate()`
@@ -421,7 +432,7 @@ prompt = minigpt.load_tokenizer(minigpt.DEMO_MODEL).encode("ROMEO:")
 with bench.blas_threads(1):
     ours = list(minigpt.generate(fast, prompt, 20))
     plain = list(minigpt.generate(demo, prompt, 20))
-kernel = "compiled" if threads.DOT_ROWS else "none (no numba)"
+kernel = "compiled" if threads.compile_dot_rows() else "none (no numba)"
 print("kernel:", kernel, "| same tokens:", ours == plain)
 
 # %% [markdown]
