@@ -3,7 +3,8 @@
 import os
 import tempfile
 
-os.environ.setdefault("MPLBACKEND", "Agg")  # page blocks that plot must not need a screen
+# page blocks that plot must not need a screen
+os.environ.setdefault("MPLBACKEND", "Agg")
 # chapter 23's machine code is compiled afresh into a folder of this run's own
 os.environ.setdefault("MINIGPT_CACHE", tempfile.mkdtemp(prefix="minigpt-cache-"))
 

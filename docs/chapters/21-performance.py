@@ -438,6 +438,9 @@ print("kernel:", kernel, "| same tokens:", ours == plain)
 # %% [markdown]
 # The last row of the table above is this kernel, on two Numba threads with BLAS
 # held to one (two pools of spinning threads on two cores would fight over them).
+# The benchmark also waits a moment before timing each variant: after a call,
+# OpenBLAS's threads keep spinning for a while, and a two-thread kernel timed in
+# that window shares its cores with them.
 # Its products read
 # {{ num(v("threads", "product_bytes") / v("threads", "as_found.products_ms.rows_2") / 1e6, ".1f") }}
 # GB/s against
