@@ -638,19 +638,34 @@ def kernels_ir() -> str:
     return str(module)
 
 
+ENTRIES = [f"minigpt_{s}_rows" for s in SCHEMES] + ["minigpt_q8_0_quantize"]
+
+
+def intact(path: Path, code: bytes) -> dict | None:
+    """The index beside cached code, if it describes exactly these bytes."""
+    try:
+        index = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = index.get("sha256") == hashlib.sha256(code).hexdigest()
+    return index if same and set(index.get("starts", ())) == set(ENTRIES) else None
+
+
 def build_machine_code() -> Path:
-    """The row kernels compiled once for this processor, into the cache."""
+    """The kernels compiled for this processor into the cache, once: beside the
+    code, an index of where each function starts and the code's SHA-256."""
     text = kernels_ir()
     key = hashlib.sha256((text + this_processor()).encode()).hexdigest()[:16]
     path = code_cache() / f"kernels-{key}.bin"
-    if not path.with_suffix(".json").exists():  # written last: the pair is whole
-        names = [f"minigpt_{s}_rows" for s in SCHEMES] + ["minigpt_q8_0_quantize"]
-        code, starts = elf_text(in_child(compile_object, text), names)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, data in ((".bin", code), (".json", json.dumps(starts).encode())):
-            part = path.with_suffix(f".{os.getpid()}.part")
-            part.write_bytes(data)
-            part.replace(path.with_suffix(suffix))  # whole, or not there at all
+    if path.exists() and intact(path, path.read_bytes()):
+        return path
+    code, starts = elf_text(in_child(compile_object, text), ENTRIES)
+    index = {"sha256": hashlib.sha256(code).hexdigest(), "starts": starts}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, data in ((".bin", code), (".json", json.dumps(index).encode())):
+        part = path.with_suffix(f".{os.getpid()}.part")
+        part.write_bytes(data)
+        part.replace(path.with_suffix(suffix))  # whole, or not there at all
     return path
 
 
@@ -663,21 +678,24 @@ def machine_code() -> dict:
         return {}
     try:
         path = build_machine_code()
-        starts = json.loads(path.with_suffix(".json").read_text())
         with open(path, "rb") as f:  # read and execute, never write
             code = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ | mmap.PROT_EXEC)
+        index = intact(path, code)  # the bytes mapped are the bytes checked
+        if index is None:
+            raise ValueError(f"{path} changed while it was being mapped")
     except (OSError, ValueError, RuntimeError) as exc:
         warnings.warn(f"no machine code of our own ({exc}); Numba's kernels run",
                       stacklevel=2)
         return {}
     base = np.frombuffer(code, np.uint8).ctypes.data  # where the file is mapped
+    starts = {name: base + at for name, at in index["starts"].items()}
     p, i = ctypes.c_void_p, ctypes.c_int64
     signature = ctypes.CFUNCTYPE(None, p, p, p, p, p, i, i, i)  # C's calling rules
     named = {"q8_0": "q8_0 integer", "int8": "int8"}  # as Numba's, same arrays
-    kernels = {named[s]: MachineKernel(
-        code, signature(base + starts[f"minigpt_{s}_rows"]), s) for s in SCHEMES}
+    kernels = {named[s]: MachineKernel(code, signature(starts[f"minigpt_{s}_rows"]), s)
+               for s in SCHEMES}
     rounding = ctypes.CFUNCTYPE(None, p, p, p, i, ctypes.c_float)(
-        base + starts["minigpt_q8_0_quantize"])
+        starts["minigpt_q8_0_quantize"])
     return kernels | {"q8_0 rounding": MachineRounding(code, rounding)}
 # --8<-- [end:machine-code]
 

@@ -228,24 +228,37 @@ def test_machine_code_refuses_arrays_it_would_misread():
 @needs_code
 def test_machine_code_is_compiled_once_then_mapped_from_the_cache(monkeypatch,
                                                                   tmp_path):
+    import hashlib
+
     import minigpt.quantize as quantize
 
     monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
+    compiles = []
+    real = quantize.in_child
+    monkeypatch.setattr(quantize, "in_child",
+                        lambda *args: compiles.append(1) or real(*args))
     quantize.machine_code.cache_clear()
     try:
         first = quantize.machine_code()
         files = sorted(p.name for p in tmp_path.iterdir())
         assert [f.rsplit(".", 1)[1] for f in files] == ["bin", "json"]
-        starts = json.loads((tmp_path / files[1]).read_text())
-        assert set(starts) == {"minigpt_q8_0_rows", "minigpt_int8_rows",
-                               "minigpt_q8_0_quantize"}
-
-        def no_compiler(*args):
-            raise AssertionError("compiled again")
-        monkeypatch.setattr(quantize, "in_child", no_compiler)
+        code = (tmp_path / files[0]).read_bytes()
+        index = json.loads((tmp_path / files[1]).read_text())
+        assert index["sha256"] == hashlib.sha256(code).hexdigest()
+        assert set(index["starts"]) == {"minigpt_q8_0_rows", "minigpt_int8_rows",
+                                        "minigpt_q8_0_quantize"}
         quantize.machine_code.cache_clear()
         again = quantize.machine_code()  # from the cache: no compiler, same code
-        assert again["int8"].code[:] == first["int8"].code[:]
+        assert again["int8"].code[:] == first["int8"].code[:] == code
+        assert len(compiles) == 1
+        # damaged code is never run: its hash no longer matches, so it is rebuilt
+        (tmp_path / files[0]).write_bytes(b"\xcc" * len(code))
+        quantize.machine_code.cache_clear()
+        mended = quantize.machine_code()
+        assert len(compiles) == 2 and mended["int8"].code[:] == code
+        x = np.ones((1, 32), np.float32)
+        xq, xd = mended["q8_0 rounding"](x)
+        assert (xq == 127).all() and np.allclose(xd, 1 / 127, rtol=1e-3)
     finally:
         quantize.machine_code.cache_clear()
 
