@@ -243,6 +243,22 @@ def declare(module: ir.Module, name: str, result: ir.Type, args: list) -> ir.Fun
         module, ir.FunctionType(result, args), name)
 
 
+def splat(builder: ir.IRBuilder, value: ir.Value, lanes: int) -> ir.Value:
+    """A vector with `value` in every one of its `lanes`."""
+    vector, i32 = ir.VectorType(value.type, lanes), ir.IntType(32)
+    one = builder.insert_element(ir.Constant(vector, ir.Undefined), value, i32(0))
+    return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+
+def prefetch(builder: ir.IRBuilder, address: ir.Value) -> None:
+    """Ask the processor to start loading `address` (an i8*) into its caches."""
+    i32 = ir.IntType(32)
+    fn = declare(builder.module, "llvm.prefetch.p0i8", ir.VoidType(),
+                 [address.type, i32, i32, i32])
+    builder.call(fn, [address, i32(0), i32(3), i32(1)])  # read, keep, data
+
+
 def lane_sum(builder: ir.IRBuilder, vector: ir.Value) -> ir.Value:
     """The sum of a vector's lanes, in order, once per row."""
     total = builder.extract_element(vector, ir.IntType(32)(0))
@@ -276,14 +292,11 @@ def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     builder = ir.IRBuilder(fn.append_basic_block())
     # 16 int16 pairs multiplied and added in pairs: 8 int32 (x86's vpmaddwd)
     madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
-    prefetch = declare(module, "llvm.prefetch.p0i8", ir.VoidType(),
-                       [i8.as_pointer(), i32, i32, i32])
     acc = builder.alloca(v8f32)
     builder.store(ir.Constant(v8f32, None), acc)  # zeros
     with counted(builder, G) as g:
         start = builder.mul(g, i64(32))  # the group's first number
-        ahead = builder.gep(w, [builder.add(start, i64(PREFETCH))])
-        builder.call(prefetch, [ahead, i32(0), i32(3), i32(1)])  # read, keep, data
+        prefetch(builder, builder.gep(w, [builder.add(start, i64(PREFETCH))]))
         dots = None
         for half in (0, 16):  # a group of 32 is two vectors of 16
             at = builder.add(start, i64(half))
@@ -295,10 +308,7 @@ def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
             dots = pair if dots is None else builder.add(dots, pair)  # exact
         scale = builder.fmul(builder.load(builder.gep(s, [g])),
                              builder.load(builder.gep(t, [g])))
-        splat = builder.shuffle_vector(  # the group's scale in all 8 lanes
-            builder.insert_element(ir.Constant(v8f32, ir.Undefined), scale, i32(0)),
-            ir.Constant(v8f32, ir.Undefined), ir.Constant(v8i32, [0] * 8))
-        term = builder.fmul(builder.sitofp(dots, v8f32), splat)
+        term = builder.fmul(builder.sitofp(dots, v8f32), splat(builder, scale, 8))
         builder.store(builder.fadd(builder.load(acc), term), acc)
     builder.ret(lane_sum(builder, builder.load(acc)))
     return fn
@@ -371,7 +381,7 @@ def compile_kernels() -> dict:
 def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """An LLVM function: s * (w . x), 32 numbers a step. w: K int8, s: float32,
     x: K float32, K (a multiple of 32) -> float32"""
-    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    i8, i64, f32 = ir.IntType(8), ir.IntType(64), ir.FloatType()
     v16i8, v16f32 = ir.VectorType(i8, 16), ir.VectorType(f32, 16)
     fn = declare(module, "minigpt_int8_row_dot", f32,
                  [i8.as_pointer(), f32, f32.as_pointer(), i64])
@@ -382,15 +392,12 @@ def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     w, s, x, K = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
     fma = declare(module, "llvm.fma.v16f32", v16f32, [v16f32] * 3)  # a * b + c
-    prefetch = declare(module, "llvm.prefetch.p0i8", ir.VoidType(),
-                       [i8.as_pointer(), i32, i32, i32])
     sums = [builder.alloca(v16f32) for _ in range(2)]  # two chains of adds
     for acc in sums:
         builder.store(ir.Constant(v16f32, None), acc)
     with counted(builder, builder.udiv(K, i64(32))) as step:
         start = builder.mul(step, i64(32))
-        builder.call(prefetch, [builder.gep(w, [builder.add(start, i64(PREFETCH))]),
-                                i32(0), i32(3), i32(1)])
+        prefetch(builder, builder.gep(w, [builder.add(start, i64(PREFETCH))]))
         for half, acc in zip((0, 16), sums, strict=True):
             at = builder.add(start, i64(half))
             wv = builder.load(builder.bitcast(builder.gep(w, [at]),
@@ -440,7 +447,7 @@ def quantize_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """void minigpt_q8_0_quantize(x, xq, xd, G, top): G groups of 32 float32 rounded
     as quantize_groups(x, 32, np.float16) rounds them, the numbers widened to int16.
     x: G*32 float32, top: 127.0 -> xq: G*32 int16, xd: G float32"""
-    f32, i16, i32, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    f32, i16, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(64)
     v32f32, v32i16 = ir.VectorType(f32, 32), ir.VectorType(i16, 32)
     # top is an argument, not a constant: x86 loads float constants from a data
     # section beside the code, and elf_text refuses code that refers outside itself
@@ -464,10 +471,7 @@ def quantize_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
         # the scale as stored: amax / 127 rounded to float16 and back (F16C)
         d = builder.fpext(builder.fptrunc(builder.fdiv(amax, top), ir.HalfType()), f32)
         builder.store(d, builder.gep(xd, [g]))
-        ds = builder.shuffle_vector(  # d in all 32 lanes
-            builder.insert_element(ir.Constant(v32f32, ir.Undefined), d, i32(0)),
-            ir.Constant(v32f32, ir.Undefined),
-            ir.Constant(ir.VectorType(i32, 32), [0] * 32))
+        ds = splat(builder, d, 32)
         # x / d in [-127, 127]; a group of zeros has d = 0 and gets q = 0
         scaled = builder.select(builder.fcmp_ordered(">", ds, zeros),
                                 builder.fdiv(v, ds), zeros)
