@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras installed into the venv. CI adds `ref` (PyTorch, transformers,
-# tiktoken, safetensors): `make test EXTRAS=docs,test,bench,site,ref`; see .ci/run.
+# tiktoken, safetensors): `make test EXTRAS=docs,test,bench,site,serve,ref`; see .ci/run.
 # `site` is Playwright's Python package only: it drives the system's chromium.
-EXTRAS ?= docs,test,bench,site
+EXTRAS ?= docs,test,bench,site,serve
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ASSETS := docs/assets/vendor/.fetched
