@@ -30,7 +30,7 @@ import numpy as np
 from minigpt.attention import attention, merge_heads, split_heads
 from minigpt.kvcache import KVCache
 from minigpt.model import check_ids
-from minigpt.rope import rope_angles, rope_half
+from minigpt.rope import llama3_divisors, rope_angles, rope_half
 from minigpt.weights import (
     WeightsError,
     fill_params,
@@ -63,6 +63,11 @@ class LlamaConfig:
     rope_factor: float = 1.0          # linear rope_scaling: positions divided by it
     tie_word_embeddings: bool = False  # True: the output head is embed_tokens
     eos_token_ids: tuple[int, ...] = ()  # generation stops at any of these
+    # --8<-- [start:llama-config-variants]
+    rope_divisors: tuple[float, ...] = ()  # per pair (Llama 3): frequencies / these
+    qkv_bias: bool = False             # Qwen2: biases on the q, k and v projections
+    qk_norm: bool = False              # Qwen3: RMSNorm of each head's q and k
+    # --8<-- [end:llama-config-variants]
 # --8<-- [end:llama-config]
 
 
@@ -82,7 +87,7 @@ def read_llama_config(path: str | Path) -> LlamaConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6), rope_theta=rope_theta(raw),
             rope_factor=rope_factor(path, raw),
             tie_word_embeddings=raw.get("tie_word_embeddings", False),
-            eos_token_ids=read_eos_ids(path, raw))
+            eos_token_ids=read_eos_ids(path, raw), **family_fields(path, raw))
     except KeyError as exc:
         raise WeightsError(f"{path}: required field {exc} is missing") from None
     if config.n_head % config.n_kv_head:
@@ -104,8 +109,11 @@ def rope_theta(raw: dict) -> float:
 # --8<-- [start:check-llama-supported]
 def check_llama_supported(path: str | Path, raw: dict) -> None:
     """Refuse LLaMA variants this engine would compute wrongly."""
-    wanted = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False,
-              "mlp_bias": False, "pretraining_tp": 1}
+    if raw.get("model_type", "llama") not in LLAMA_FAMILY:
+        raise WeightsError(f"{path}: model_type is {raw['model_type']!r}; this "
+                           f"loader reads {', '.join(LLAMA_FAMILY)}")
+    wanted = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+              "pretraining_tp": 1, "use_sliding_window": False}
     for key, value in wanted.items():
         if raw.get(key, value) != value:
             raise WeightsError(f"{path}: {key} is {raw[key]!r}; minigpt supports "
@@ -120,6 +128,8 @@ def rope_factor(path: str | Path, raw: dict) -> float:
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind == "default":
             continue
+        if kind == "llama3":  # per-pair factors: kept in rope_divisors instead
+            return 1.0
         if kind != "linear":
             raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; minigpt "
                                f"supports plain RoPE ('default') and 'linear'")
@@ -130,6 +140,31 @@ def rope_factor(path: str | Path, raw: dict) -> float:
         return float(factor)
     return 1.0
 # --8<-- [end:check-llama-supported]
+
+
+# --8<-- [start:llama-family]
+# config.json's model_type for the LLaMA-style models this file computes
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3")
+
+
+def family_fields(path: str | Path, raw: dict) -> dict:
+    """What Qwen2, Qwen3 and Llama 3's RoPE add to a LLaMA config."""
+    scaling = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    divisors = ()
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+        head_dim = raw.get("head_dim") or raw["hidden_size"] // \
+            raw["num_attention_heads"]
+        try:
+            divisors = tuple(llama3_divisors(
+                head_dim, rope_theta(raw), float(scaling["factor"]),
+                float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"]),
+                int(scaling["original_max_position_embeddings"])).tolist())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{path}: rope_scaling llama3: {exc}") from None
+    kind = raw.get("model_type")
+    return {"rope_divisors": divisors, "qkv_bias": kind == "qwen2",
+            "qk_norm": kind == "qwen3"}
+# --8<-- [end:llama-family]
 
 
 # --8<-- [start:rms-norm]
@@ -177,17 +212,32 @@ def grouped_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
 # --8<-- [start:llama-attention]
 def llama_attention(x: np.ndarray, q_proj: np.ndarray, k_proj: np.ndarray,
                     v_proj: np.ndarray, o_proj: np.ndarray, config: LlamaConfig,
-                    rope: tuple, cache: KVCache, layer: int) -> np.ndarray:
+                    rope: tuple, cache: KVCache, layer: int, **extra) -> np.ndarray:
     """GQA with RoPE for T new tokens after the cached ones. x: (T, C) -> (T, C)"""
-    q = split_heads(x @ q_proj, config.n_head)  # [T, C] -> [n_head, T, d]
-    k = split_heads(x @ k_proj, config.n_kv_head)  # [T, C] -> [n_kv_head, T, d]
-    v = split_heads(x @ v_proj, config.n_kv_head)
+    q, k, v = project_qkv(x, q_proj, k_proj, v_proj, config, **extra)
     q, k = rope_half(q, *rope), rope_half(k, *rope)  # turn by each token's position
     # keys are stored already rotated: a cached key never has to turn again
     keys, values = cache.store(layer, k, v)  # [n_kv_head, length + T, d]
     out = grouped_attention(q, keys, values, cache.mask(len(x)))  # [n_head, T, d]
     return merge_heads(out) @ o_proj  # [T, n_head * d] -> [T, C]
 # --8<-- [end:llama-attention]
+
+
+# --8<-- [start:project-qkv]
+def project_qkv(x: np.ndarray, q_proj: np.ndarray, k_proj: np.ndarray,
+                v_proj: np.ndarray, config: LlamaConfig, q_bias=None, k_bias=None,
+                v_bias=None, q_norm=None, k_norm=None) -> tuple:
+    """Queries, keys and values by head. x: (T, C) -> (H, T, d), 2 x (H_kv, T, d)"""
+    q, k, v = x @ q_proj, x @ k_proj, x @ v_proj  # [T, C] -> [T, H * d], ...
+    if config.qkv_bias:  # Qwen2
+        q, k, v = q + q_bias, k + k_bias, v + v_bias
+    q = split_heads(q, config.n_head)  # [T, H * d] -> [H, T, d]
+    k, v = split_heads(k, config.n_kv_head), split_heads(v, config.n_kv_head)
+    if config.qk_norm:  # Qwen3: every head's q and k to the same size, before RoPE
+        q = rms_norm(q, **q_norm, eps=config.rms_norm_eps)
+        k = rms_norm(k, **k_norm, eps=config.rms_norm_eps)
+    return q, k, v
+# --8<-- [end:project-qkv]
 
 
 # --8<-- [start:llama-block]
@@ -213,7 +263,7 @@ def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
 
     # no position table: positions enter as rotation angles, offset by the cache
     rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta,
-                       config.rope_factor)
+                       np.asarray(config.rope_divisors or config.rope_factor))
     x = params["embed_tokens"][ids]  # [T] -> [T, C]
 
     # the residual stream through every block
@@ -274,8 +324,27 @@ def llama_names(config: LlamaConfig) -> dict[str, tuple[tuple, tuple]]:
             if name.endswith("layernorm"):
                 where = (*where, "g")
             table[f"layers.{i}.{name}.weight"] = (where, shape)
-    return table
+    return table | family_names(config)
 # --8<-- [end:llama-name-table]
+
+
+# --8<-- [start:family-names]
+def family_names(config: LlamaConfig) -> dict[str, tuple[tuple, tuple]]:
+    """The tensors Qwen2 (q, k, v biases) and Qwen3 (q, k norms) add."""
+    sizes = {"q": config.n_head * config.head_dim,
+             "k": config.n_kv_head * config.head_dim}
+    sizes["v"] = sizes["k"]
+    table = {}
+    for i in range(config.n_layer):
+        at = ("layers", i, "self_attn")
+        for p in "qkv" if config.qkv_bias else "":
+            table[f"layers.{i}.self_attn.{p}_proj.bias"] = ((*at, f"{p}_bias"),
+                                                            (sizes[p],))
+        for p in "qk" if config.qk_norm else "":
+            table[f"layers.{i}.self_attn.{p}_norm.weight"] = (
+                (*at, f"{p}_norm", "g"), (config.head_dim,))
+    return table
+# --8<-- [end:family-names]
 
 
 # --8<-- [start:llama-params]
@@ -290,8 +359,8 @@ def llama_params(tensors: dict[str, np.ndarray], config: LlamaConfig,
     # nn.Linear stores [out, in]; we multiply x @ w with w as [in, out], so the
     # projections are transposed on load (a NumPy view: nothing is copied)
     for block in params["layers"]:
-        for part in (block["self_attn"], block["mlp"]):
-            part.update({name: w.T for name, w in part.items()})
+        for part in (block["self_attn"], block["mlp"]):  # not biases, not norms
+            part.update({k: w.T for k, w in part.items() if k.endswith("proj")})
     params["lm_head"] = (params["embed_tokens"] if config.tie_word_embeddings
                          else params["lm_head"]).T  # [V, C] -> [C, V]
     return params

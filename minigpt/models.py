@@ -48,6 +48,9 @@ LOADERS: dict[str, Loader] = {
     "gpt2": Loader(load_cached_gpt2, load_tokenizer_json),
     "llama": Loader(load_llama, load_tokenizer_json),
 }
+# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 30)
+LOADERS.update({"qwen2": Loader(load_llama, load_tokenizer_json),
+                "qwen3": Loader(load_llama, load_tokenizer_json)})
 
 
 def register(model_type: str, loader: Loader) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["check_angles", "half_order", "interleaved_to_half", "rope_angles",
-           "rope_frequencies", "rope_half", "rope_interleaved"]
+           "llama3_divisors", "rope_frequencies", "rope_half", "rope_interleaved"]
 
 
 # --8<-- [start:rope-frequencies]
@@ -35,12 +35,13 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> np.ndarray:
 
 
 def rope_angles(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
-                factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                factor: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of every (position, pair) angle. positions: (T,) -> 2 x (T, d/2)
 
     factor > 1 is linear scaling ("position interpolation"): position m turns as
     far as m / factor did, so a model stretched to factor times its trained
-    context sees only angles it was trained on.
+    context sees only angles it was trained on. An array of d/2 factors
+    scales each pair on its own (Llama 3's scaling).
     """
     freqs = rope_frequencies(head_dim, theta) / factor
     # angles in float64: position * frequency, rounded to float32 once at the end
@@ -97,3 +98,21 @@ def interleaved_to_half(w: np.ndarray, n_head: int) -> np.ndarray:
     heads = w.reshape(n_head, d, C)  # [n_head * d, C] -> [n_head, d, C]
     return heads[:, half_order(d)].reshape(rows, C)  # same order in every head
 # --8<-- [end:rope-permutation]
+
+
+# --8<-- [start:llama3-divisors]
+def llama3_divisors(head_dim: int, theta: float, factor: float, low_freq_factor: float,
+                    high_freq_factor: float, original_ctx: int) -> np.ndarray:
+    """Llama 3's RoPE scaling: what each pair's frequency is divided by. -> (d/2,)
+
+    Pairs that turn fast (a wavelength under original_ctx / high_freq_factor
+    positions) keep their speed, slow ones (over original_ctx / low_freq_factor)
+    slow down by factor, and those between blend the two smoothly.
+    """
+    wavelength = 2 * np.pi / rope_frequencies(head_dim, theta)  # positions per turn
+    # 0 for slow pairs, 1 for fast ones, a straight line between
+    blend = (original_ctx / wavelength - low_freq_factor) / (high_freq_factor -
+                                                             low_freq_factor)
+    blend = np.clip(blend, 0.0, 1.0)
+    return 1 / ((1 - blend) / factor + blend)  # frequency * (blend of 1/factor, 1)
+# --8<-- [end:llama3-divisors]

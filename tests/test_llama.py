@@ -223,7 +223,7 @@ def write_config(folder, **changes) -> None:
     (dict(hidden_act="gelu"), "hidden_act is 'gelu'"),
     (dict(attention_bias=True), "attention_bias is True"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}),
-     "rope_type 'llama3'"),
+     "rope_scaling llama3: 'factor'"),
     (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_type 'dynamic'"),
     (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_type 'yarn'"),
     (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
