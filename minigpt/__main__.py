@@ -19,7 +19,9 @@ from minigpt import DEMO_MODEL
 DEFAULT_MODEL = DEMO_MODEL
 # what `download NAME` accepts (minigpt.download.MODELS, kept in step by a test)
 DOWNLOADS = ["gpt2", "gpt2-medium", "smollm2-135m", "smollm2-135m-instruct",
-             "tinyllama-1.1b-chat"]
+             "tinyllama-1.1b-chat", "smollm2-360m-instruct", "qwen2.5-0.5b-instruct",
+             "qwen3-0.6b", "qwen2.5-0.5b-instruct-q4_k_m", "qwen3-0.6b-q8_0",
+             "smollm2-360m-instruct-q8_0"]
 
 # one BLAS thread: on a busy machine two threads made decoding several times
 # slower, and one loses little on a quiet one (chapter 21 measures both)
@@ -72,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the text to continue")
     has_demo = (DEFAULT_MODEL / "config.json").is_file()
     gen.add_argument("--model", type=Path, default=DEFAULT_MODEL if has_demo else None,
-                     help="checkpoint folder: config.json, model.safetensors, "
-                          "vocab.json, merges.txt"
+                     help="checkpoint folder (config.json, model.safetensors, "
+                          "tokenizer files) or a .gguf file"
                           + (" (default: the demo model)" if has_demo else ""))
     gen.add_argument("--max-new-tokens", type=count, default=100, metavar="N")
     gen.add_argument("--temperature", type=temperature, default=0.8, metavar="T",
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     down = commands.add_parser("download", help="fetch a model from the Hugging "
                                "Face hub (needs internet)")
     down.add_argument("name", choices=DOWNLOADS, help="gpt2 is GPT-2 124M, "
-                      "gpt2-medium 355M; the others are LLaMA-style (chapter 22)")
+                      "gpt2-medium 355M; the others are LLaMA-style (chapter 22); "
+                      "the *-q4_k_m and *-q8_0 ones are .gguf files")
     down.add_argument("--dir", type=Path, default=None,
                       help="where to put it (default: ./NAME)")
     add_chat_parser(commands)
@@ -126,9 +129,11 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
 def run_chat(args: argparse.Namespace) -> None:
     """Load an instruct model, then answer each line typed until an empty one."""
     from minigpt.chat import chat_loop, read_chat_config
-    from minigpt.models import load_model, load_tokenizer
+    from minigpt.models import is_gguf, load_model, load_tokenizer
 
-    if not args.model.is_dir():
+    if is_gguf(args.model):  # llama.cpp's one file: its template is inside
+        from minigpt.gguf_tokenizer import read_gguf_chat_config as read_chat_config
+    elif not args.model.is_dir():
         raise ValueError(f"--model {args.model}: no such directory")
     config = read_chat_config(args.model)  # first: no template, no loading
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
@@ -143,13 +148,13 @@ def run_generate(args: argparse.Namespace) -> None:
     """Load the model and tokenizer, then print the text as it is generated."""
     from minigpt.bench import blas_threads
     from minigpt.generate import generate, stop_text, stream_text
-    from minigpt.models import load_tokenizer
+    from minigpt.models import is_gguf, load_tokenizer
 
     if args.model is None:
         raise ValueError("no model: pass --model DIR (a checkpoint folder; "
                          "`python -m minigpt download gpt2` fetches one)")
-    if not args.model.is_dir():
-        raise ValueError(f"--model {args.model}: no such directory")
+    if not (args.model.is_dir() or is_gguf(args.model)):
+        raise ValueError(f"--model {args.model}: no such directory or .gguf file")
     model, tokenizer = open_model(args), load_tokenizer(args.model)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:

@@ -1,9 +1,11 @@
 """Fetch open models from the Hugging Face hub: progress, verification, resume.
 
 `MODELS` lists what `python -m minigpt download NAME` fetches: GPT-2 124M and
-355M, SmolLM2-135M (base and instruct) and TinyLlama-1.1B-Chat, each with its
-config, its tokenizer files and its weights: one `model.safetensors`, or the
-shards named by `model.safetensors.index.json`.
+355M, SmolLM2-135M (base and instruct) and 360M-Instruct, TinyLlama-1.1B-Chat,
+Qwen2.5-0.5B-Instruct and Qwen3-0.6B, each with its config, its tokenizer files
+and its weights: one `model.safetensors`, or the shards named by
+`model.safetensors.index.json`; and GGUF files (one file each: model, tokenizer
+and chat template) from their publishers' repositories.
 
 Follows the hub's public HTTP interface, as `huggingface_hub` uses it: a HEAD
 request on `{hub}/{repo}/resolve/{revision}/{file}` (redirects not followed)
@@ -61,6 +63,7 @@ class HubModel:
     repo: str
     files: tuple[str, ...]  # config and tokenizer; the weights are found apart
     optional: tuple[str, ...] = ("generation_config.json",)  # fetched if present
+    gguf: str | None = None  # one .gguf file: model and tokenizer in one
 
 
 GPT2_FILES = ("config.json", "vocab.json", "merges.txt")
@@ -73,6 +76,19 @@ MODELS = {  # what `download NAME` accepts
                                       JSON_FILES),
     "tinyllama-1.1b-chat": HubModel("TinyLlama/TinyLlama-1.1B-Chat-v1.0",
                                     JSON_FILES),
+    "smollm2-360m-instruct": HubModel("HuggingFaceTB/SmolLM2-360M-Instruct",
+                                      JSON_FILES),
+    "qwen2.5-0.5b-instruct": HubModel("Qwen/Qwen2.5-0.5B-Instruct", JSON_FILES),
+    "qwen3-0.6b": HubModel("Qwen/Qwen3-0.6B", JSON_FILES),
+    # GGUF files (chapter 30), from their publishers' own repositories
+    "qwen2.5-0.5b-instruct-q4_k_m": HubModel(
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF", (), (),
+        "qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+    "qwen3-0.6b-q8_0": HubModel("Qwen/Qwen3-0.6B-GGUF", (), (),
+                                "Qwen3-0.6B-Q8_0.gguf"),
+    "smollm2-360m-instruct-q8_0": HubModel(
+        "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF", (), (),
+        "smollm2-360m-instruct-q8_0.gguf"),
 }
 INDEX = "model.safetensors.index.json"  # a sharded checkpoint's table of shards
 # --8<-- [end:hub-models]
@@ -213,12 +229,16 @@ def progress_bar(name: str, done: int, total: int, width: int = 30) -> str:
 def download_model(name: str, folder: str | Path, base_url: str | None = None,
                    revision: str = "main", progress: TextIO | None = sys.stderr
                    ) -> Path:
-    """Fetch a model's config, tokenizer and weights into folder; return it."""
+    """Fetch a model's config, tokenizer and weights into folder; return it
+    (or the .gguf file, for a model that is one file)."""
     if name not in MODELS:
         raise DownloadError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     model, folder = MODELS[name], Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = f"{(base_url or hub_url()).rstrip('/')}/{model.repo}/resolve/{revision}"
+    if model.gguf:  # everything is in the one file
+        get(base, model.gguf, folder, progress)
+        return folder / model.gguf
     for file in model.files:
         get(base, file, folder, progress)
     for file in model.optional:

@@ -61,8 +61,13 @@ def register(model_type: str, loader: Loader) -> None:
 
 # --8<-- [start:load-any-model]
 def load_model(path: str | Path) -> LanguageModel:
-    """Any supported model from a folder holding config.json and model.safetensors."""
+    """Any supported model from a folder holding config.json and model.safetensors,
+    or from a .gguf file."""
     folder = Path(path)
+    if is_gguf(folder):  # one file holds it all (chapter 30)
+        from minigpt.gguf_models import load_gguf
+
+        return load_gguf(folder)
     # the weights are one file, or shards listed in an index (chapter 22)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
@@ -76,8 +81,12 @@ def load_model(path: str | Path) -> LanguageModel:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a checkpoint folder (or of a file inside it)."""
+    """The tokenizer of a checkpoint folder (or of a file inside it, or a .gguf)."""
     folder = Path(path)
+    if is_gguf(folder):
+        from minigpt.gguf_tokenizer import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(folder)
     folder = folder if folder.is_dir() else folder.parent
     return loader_for(folder).tokenizer(folder)
 
@@ -95,6 +104,11 @@ def loader_for(folder: Path) -> Loader:
         raise WeightsError(f"{folder / 'config.json'}: model_type {kind!r} is not "
                            f"supported (known: {', '.join(sorted(LOADERS))})")
     return LOADERS[kind]
+
+
+def is_gguf(path: Path) -> bool:
+    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 30)."""
+    return path.suffix == ".gguf" and path.is_file()
 
 
 def saved_scheme(path: str | Path) -> str | None:

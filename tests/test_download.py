@@ -72,7 +72,7 @@ class Hub(BaseHTTPRequestHandler):
             self.send_error(404, "Entry not found")
             return
         data = files[name]
-        if name.endswith(".safetensors"):  # weights live in LFS
+        if name.endswith((".safetensors", ".gguf")):  # weights live in LFS
             self.send_response(302)
             self.send_header("Location", f"/cdn/{repo}/{name}")
             self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
@@ -289,3 +289,26 @@ def test_a_bad_index_is_refused(hub, tmp_path):
     repo["model.safetensors.index.json"] = b'{"weight_map": {"x": "../evil"}}'
     with pytest.raises(DownloadError, match="shard '../evil' is not a file name"):
         download_model("tinyllama-1.1b-chat", tmp_path / "tl", progress=None)
+
+
+@pytest.mark.reference
+def test_a_gguf_file_downloads_and_runs(hub, tmp_path, capsys):
+    from tests.gguf_files import tiny_gpt2_gguf
+
+    entry = MODELS["qwen2.5-0.5b-instruct-q4_k_m"]
+    source = tiny_gpt2_gguf(tmp_path / "source.gguf")
+    Hub.repos[entry.repo] = {entry.gguf: source.read_bytes()}
+    assert main(["download", "qwen2.5-0.5b-instruct-q4_k_m", "--dir",
+                 str(tmp_path / "q")]) == 0
+    got = tmp_path / "q" / entry.gguf
+    assert f"saved to {got}" in capsys.readouterr().out
+    assert got.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in got.parent.iterdir()) == [entry.gguf]
+    Hub.corrupt = True  # a damaged copy is refused and deleted
+    with pytest.raises(DownloadError, match="sha256"):
+        download_model("qwen2.5-0.5b-instruct-q4_k_m", tmp_path / "bad",
+                       progress=None)
+    assert not any((tmp_path / "bad").iterdir())
+    assert main(["generate", "hi", "--model", str(got), "--max-new-tokens", "4",
+                 "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("hi")

@@ -1,0 +1,234 @@
+"""GGUF files written by gguf-py: the reader, its refusals, and whole models ≡
+transformers, in F32, F16, Q8_0 and Q4_0."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt.gguf import GGUFError, read_gguf, read_tensor
+from tests.gguf_files import write_gguf
+from tests.reference import require
+
+SHAPES = {  # tiny, but every input width a multiple of 32 (the block size)
+    "llama": dict(vocab_size=96, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=48),
+    "qwen2": dict(vocab_size=96, hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=48, tie_word_embeddings=True),
+    "qwen3": dict(vocab_size=96, hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                  head_dim=32, max_position_embeddings=48),
+    "gpt2": dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=48),
+}
+CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+           "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+           "gpt2": ("GPT2Config", "GPT2LMHeadModel")}
+# how far each type's logits may move from the float32 model's (relative)
+BOUNDS = {"F32": 1e-5, "F16": 5e-3, "Q8_0": 3e-2, "Q4_0": 0.3}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8,
+          "rope_theta": 500000.0}
+
+
+def torch_model(arch: str, seed: int = 0, **changes):
+    torch = require("torch")
+    transformers = require("transformers")
+    torch.manual_seed(seed)
+    config_class, model_class = (getattr(transformers, n) for n in CLASSES[arch])
+    config = config_class(**{**SHAPES[arch], **changes}, bos_token_id=None,
+                          eos_token_id=None, pad_token_id=None)
+    model = model_class(config).eval()
+    with torch.no_grad():  # norm gains and biases away from 1 and 0
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def logits_of(model, ids: np.ndarray) -> np.ndarray:
+    torch = require("torch")
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)[None]).logits[0].numpy()
+
+
+def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", list(BOUNDS))
+@pytest.mark.parametrize("arch", list(SHAPES))
+def test_logits_equal_transformers(tmp_path, arch, qtype):
+    ref = torch_model(arch)
+    ids = np.random.default_rng(1).integers(0, 96, 48)
+    original = logits_of(ref, ids)
+    path = write_gguf(tmp_path / f"{arch}.gguf", ref, arch, qtype)  # rounds ref
+    model = minigpt.load_model(path)
+    ours = model.forward(ids)
+    # the file's own numbers: as exact as float32 allows
+    assert rel_error(ours, logits_of(ref, ids)) < 2e-5
+    # against the float32 model: within the type's rounding
+    assert rel_error(ours, original) < BOUNDS[qtype]
+
+
+@pytest.mark.reference
+def test_llama3_rope_freqs_from_gguf(tmp_path):
+    ref = torch_model("llama", rope_parameters=LLAMA3)
+    path = write_gguf(tmp_path / "llama3.gguf", ref, "llama")
+    model = minigpt.load_model(path)
+    assert max(model.config.rope_divisors) == pytest.approx(8.0)
+    ids = np.random.default_rng(2).integers(0, 96, 48)
+    assert rel_error(model.forward(ids), logits_of(ref, ids)) < 2e-5
+
+
+@pytest.mark.reference
+def test_metadata_and_tensors_read_as_written(tmp_path):
+    gguf = require("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    values = {"a.u8": (w.add_uint8, 7), "a.i8": (w.add_int8, -7),
+              "a.u16": (w.add_uint16, 65535), "a.i16": (w.add_int16, -300),
+              "a.u32": (w.add_uint32, 2**32 - 1), "a.i32": (w.add_int32, -2**31),
+              "a.f32": (w.add_float32, 0.5), "a.bool": (w.add_bool, True),
+              "a.str": (w.add_string, "héllo"), "a.u64": (w.add_uint64, 2**64 - 1),
+              "a.i64": (w.add_int64, -2**63), "a.f64": (w.add_float64, 0.1),
+              "a.strs": (w.add_array, ["x", "", "ÿ"]),
+              "a.nums": (w.add_array, [1, 2, 3])}
+    for key, (add, value) in values.items():
+        add(key, value)
+    x = np.arange(64 * 3, dtype=np.float32).reshape(3, 64)
+    w.add_tensor("t.weight", x)
+    w.add_tensor("q.weight", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = read_gguf(tmp_path / "m.gguf")
+    assert f.metadata["general.architecture"] == "llama"
+    for key, (_, value) in values.items():
+        got = f.metadata[key]
+        got = got.tolist() if isinstance(got, np.ndarray) else got
+        assert got == pytest.approx(value) and type(got) is type(value), key
+    assert f.tensors["t.weight"].shape == (3, 64)
+    np.testing.assert_array_equal(read_tensor(f, "t.weight"), x)
+    assert not read_tensor(f, "t.weight").flags.writeable  # a view of the file
+    q8 = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(read_tensor(f, "q.weight"), gguf.quants.dequantize(
+        q8, gguf.GGMLQuantizationType.Q8_0))
+
+
+def small_file(tmp_path) -> bytes:
+    """A valid GGUF file of a few metadata pairs and two tensors, as bytes."""
+    gguf = require("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "small.gguf"), "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    w.add_array("tokenizer.ggml.scores", [0.0, -1.0, -2.0])
+    w.add_tensor("a.weight", np.ones((2, 32), np.float32))
+    w.add_tensor("b.weight", gguf.quants.quantize(np.ones((1, 256), np.float32),
+                                                  gguf.GGMLQuantizationType.Q4_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return (tmp_path / "small.gguf").read_bytes()
+
+
+def refused(tmp_path, data: bytes, name: str = "bad.gguf") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(GGUFError) as info:
+        read_gguf(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.reference
+def test_damaged_headers_are_named(tmp_path):
+    good = small_file(tmp_path)
+    assert "magic" in refused(tmp_path, b"GGUG" + good[4:])
+    assert "version: 1 " in refused(tmp_path, good[:4] + struct.pack("<I", 1)
+                                    + good[8:])
+    assert "cannot fit" in refused(tmp_path, good[:8] + struct.pack("<Q", 2**40)
+                                   + good[16:])
+    assert "too short" in refused(tmp_path, good[:10])
+    # a string length past the end of the file
+    at = good.index(b"general.architecture") - 8
+    assert "file ends" in refused(tmp_path, good[:at] + struct.pack("<Q", 2**50)
+                                  + good[at + 8:])
+
+
+@pytest.mark.reference
+def test_bad_tensor_infos_are_named(tmp_path):
+    good = small_file(tmp_path)
+    at = good.index(b"b.weight") + len(b"b.weight")  # n_dims, dims, type, offset
+    n_dims, = struct.unpack_from("<I", good, at)
+    type_at = at + 4 + 8 * n_dims
+    offset_at = type_at + 4
+
+    def patch(where: int, fmt: str, value: int) -> bytes:
+        return good[:where] + struct.pack(fmt, value) + good[where +
+                                                           struct.calcsize(fmt):]
+    assert "tensor type 99" in refused(tmp_path, patch(type_at, "<I", 99))
+    assert "Q2_K" in refused(tmp_path, patch(type_at, "<I", 10))  # named, refused
+    assert "run past" in refused(tmp_path, patch(offset_at, "<Q", 2**20))
+    assert "not a multiple" in refused(tmp_path, patch(offset_at, "<Q", 8))
+    assert "overlaps" in refused(tmp_path, patch(offset_at, "<Q", 0))
+    assert "dimensions" in refused(tmp_path, patch(at, "<I", 9))
+
+
+@pytest.mark.reference
+def test_fuzzed_files_fail_only_with_gguf_error_and_fast(tmp_path):
+    good = small_file(tmp_path)
+    rng = np.random.default_rng(0)
+    cases = [good[:n] for n in range(0, len(good), 7)]  # truncations
+    for _ in range(300):  # flipped bytes in the header, infos and metadata
+        data = bytearray(good)
+        for at in rng.integers(0, min(len(good), 400), rng.integers(1, 4)):
+            data[at] = rng.integers(0, 256)
+        cases.append(bytes(data))
+    for _ in range(100):  # absurd u64 counts and lengths at random places
+        at = int(rng.integers(4, 300))
+        cases.append(good[:at] + struct.pack("<Q", int(rng.integers(2**32, 2**63)))
+                     + good[at + 8:])
+    path = tmp_path / "fuzz.gguf"
+    for data in cases:
+        path.write_bytes(data)
+        start = time.perf_counter()
+        try:
+            f = read_gguf(path)
+            for name in f.tensors:
+                read_tensor(f, name)
+        except GGUFError:
+            pass
+        assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.reference
+def test_cli_generates_and_chats_from_a_gguf_file(tmp_path, capsys, monkeypatch):
+    import io
+
+    from minigpt.__main__ import main
+    from tests.gguf_files import tiny_gpt2_gguf
+
+    path = tiny_gpt2_gguf(tmp_path / "tiny.gguf")
+    tok = minigpt.load_tokenizer(path)
+    assert tok.encode("hi hi") == [257, 32, 257]  # the merge; " " is byte 32
+    assert main(["generate", "hi", "--model", str(path), "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("hi")
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    assert main(["chat", "--model", str(path), "--max-new-tokens", "3",
+                 "--seed", "0"]) == 0
+    assert main(["generate", "x", "--model", str(tmp_path / "none.gguf")]) == 2
+    assert "no such directory or .gguf file" in capsys.readouterr().err
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + bytes(40))
+    assert main(["generate", "x", "--model", str(tmp_path / "bad.gguf")]) == 2
+    assert "bad.gguf: version: 0" in capsys.readouterr().err
