@@ -110,12 +110,6 @@ def read_metadata(cur: Cursor, count: int) -> dict[str, object]:
 
 
 # --8<-- [start:gguf-tensor-info]
-# ggml types minigpt does not decode, named in the error that refuses them
-OTHER_TYPES = {3: "(Q4_1)", 7: "(Q5_1)", 10: "(Q2_K)", 11: "(Q3_K)", 16: "(IQ2_XXS)",
-               17: "(IQ2_XS)", 18: "(IQ3_XXS)", 19: "(IQ1_S)", 20: "(IQ4_NL)",
-               21: "(IQ3_S)", 22: "(IQ2_S)", 23: "(IQ4_XS)", 29: "(IQ1_M)"}
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """Where a tensor lives in the data section, and how to read it."""
@@ -135,8 +129,7 @@ def read_tensor_info(cur: Cursor) -> tuple[str, TensorInfo]:
     dims = cur.array("<u8", n_dims, name).tolist()
     kind, offset = cur.number("<u4", name), cur.number("<u8", name)
     if kind not in GGML_TYPES:
-        raise cur.fail(name, f"tensor type {kind} {OTHER_TYPES.get(kind, '')} is not "
-                             f"supported (known: "
+        raise cur.fail(name, f"tensor type {kind} is not supported (known: "
                              f"{', '.join(t.name for t in GGML_TYPES.values())})")
     t = GGML_TYPES[kind]
     if min(dims) < 1 or math.prod(dims) > 2**48 or dims[0] % t.block:

@@ -1,4 +1,4 @@
-"""The tokenizer inside a GGUF file, as a tokenizer.json pipeline of chapter 24.
+"""The tokenizer inside a GGUF file, as the tokenizer.json pipeline that describes it.
 
 A GGUF file carries its tokenizer in the metadata: `tokenizer.ggml.tokens` (every
 piece, by id), `token_type` (normal, unknown, control, user-defined, unused,
@@ -8,7 +8,8 @@ merges the adjacent pair whose joined piece scores highest) or `merges`
 is not in the file: `tokenizer.ggml.pre` names it, and `PRE_TOKENIZERS` holds the
 regex of each name we know, written as tokenizer.json writes it. Both kinds are
 then built as the `tokenizer.json` that would describe them and handed to
-`minigpt.tokenizer_json.JsonBPE`, so encoding and decoding are chapter 24's code.
+`minigpt.tokenizer_json.JsonBPE`, so encoding and decoding are the tokenizer.json
+reader's code.
 BOS/EOS, `add_bos_token` and the chat template come from the metadata too.
 
 Follows llama.cpp's GGUF tokenizer keys; the tests compare with sentencepiece
@@ -98,7 +99,7 @@ class SentencePiece(JsonBPE):
 
     def encode(self, text: str, allowed_special: str | set = (),
                add_special_tokens: bool = True) -> list[int]:
-        """Text -> ids: spaces to ▁, a ▁ in front, then chapter 24's encode."""
+        """Text -> ids: spaces to ▁, a ▁ in front, then JsonBPE's encode."""
         text = ("▁" if self.prefix and text else "") + text.replace(" ", "▁")
         return super().encode(text, allowed_special, add_special_tokens)
 

@@ -63,11 +63,9 @@ class LlamaConfig:
     rope_factor: float = 1.0          # linear rope_scaling: positions divided by it
     tie_word_embeddings: bool = False  # True: the output head is embed_tokens
     eos_token_ids: tuple[int, ...] = ()  # generation stops at any of these
-    # --8<-- [start:llama-config-variants]
     rope_divisors: tuple[float, ...] = ()  # per pair (Llama 3): frequencies / these
     qkv_bias: bool = False             # Qwen2: biases on the q, k and v projections
     qk_norm: bool = False              # Qwen3: RMSNorm of each head's q and k
-    # --8<-- [end:llama-config-variants]
 # --8<-- [end:llama-config]
 
 

@@ -48,7 +48,7 @@ LOADERS: dict[str, Loader] = {
     "gpt2": Loader(load_cached_gpt2, load_tokenizer_json),
     "llama": Loader(load_llama, load_tokenizer_json),
 }
-# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 30)
+# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 32)
 LOADERS.update({"qwen2": Loader(load_llama, load_tokenizer_json),
                 "qwen3": Loader(load_llama, load_tokenizer_json)})
 

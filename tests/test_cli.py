@@ -140,7 +140,7 @@ def test_missing_model_directory(tmp_path, capsys):
     line = one_line_error(capsys, ["generate", "hi", "--model",
                                    str(tmp_path / "nope")])
     assert line == f"python -m minigpt: error: --model {tmp_path / 'nope'}: " \
-                   f"no such directory"
+                   f"no such directory or .gguf file"
 
 
 def test_no_model_given(tmp_path, monkeypatch, capsys):
