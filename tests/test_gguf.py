@@ -232,3 +232,82 @@ def test_cli_generates_and_chats_from_a_gguf_file(tmp_path, capsys, monkeypatch)
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + bytes(40))
     assert main(["generate", "x", "--model", str(tmp_path / "bad.gguf")]) == 2
     assert "bad.gguf: version: 0" in capsys.readouterr().err
+
+
+def k_blocks(name: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Random bytes of a K format whose float16 scales keep values near 0.05."""
+    from minigpt.kquants import GGML_TYPES
+
+    t = next(t for t in GGML_TYPES.values() if t.name == name)
+    n = rows * cols // t.block
+    raw = rng.integers(0, 256, (n, t.size), dtype=np.uint8)
+    scales = {"Q4_K": [(0, 5e-5), (2, 5e-5)], "Q5_K": [(0, 2.5e-5), (2, 2.5e-5)],
+              "Q6_K": [(208, 1.2e-5)]}[name]
+    for at, size in scales:
+        d = (rng.uniform(0.5, 1.0, n) * size).astype(np.float16)
+        raw[:, at:at + 2] = d.view(np.uint8).reshape(n, 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.reference
+def test_a_q4_k_m_style_mix_equals_transformers(tmp_path):
+    """Q4_K, Q5_K, Q6_K, Q5_0 and Q8_0 in one file, as Q4_K_M files mix them;
+    the reference decodes every tensor with gguf-py."""
+    gguf = require("gguf")
+    torch = require("torch")
+    from tests.gguf_files import from_meta, write_hparams
+
+    ref = torch_model("llama", hidden_size=256, intermediate_size=512,
+                      num_attention_heads=4, num_key_value_heads=2)
+    c = ref.config
+    rng = np.random.default_rng(3)
+    kinds = {"q_proj": "Q4_K", "k_proj": "Q4_K", "v_proj": "Q6_K", "o_proj": "Q4_K",
+             "gate_proj": "Q5_K", "up_proj": "Q4_K", "down_proj": "Q6_K"}
+    w = gguf.GGUFWriter(str(tmp_path / "mix.gguf"), "llama")
+    write_hparams(w, "llama", c)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
+    params = dict(ref.named_parameters())
+    for name, p in params.items():
+        x = p.detach().numpy()
+        part = name.split(".")[-2]
+        gguf_name = names.get_name(name, (".weight", ".bias"))
+        if x.ndim == 1:
+            w.add_tensor(gguf_name, x)
+            continue
+        if part in kinds:
+            kind = gguf.GGMLQuantizationType[kinds[part]]
+            raw = k_blocks(kinds[part], *x.shape, rng)
+        else:  # the embedding and the head: Q5_0 and Q8_0, from float weights
+            kind = gguf.GGMLQuantizationType["Q5_0" if "embed" in name else "Q8_0"]
+            raw = gguf.quants.quantize(x, kind)
+        back = gguf.quants.dequantize(raw, kind).reshape(x.shape)
+        heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
+        with torch.no_grad():  # the file holds Meta's order for q and k
+            p.copy_(torch.from_numpy(from_meta(back, heads[part]).copy()
+                                     if part in heads else back))
+        w.add_tensor(gguf_name, raw, raw_dtype=kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    model = minigpt.load_model(tmp_path / "mix.gguf")
+    ids = np.random.default_rng(4).integers(0, 96, 48)
+    assert rel_error(model.forward(ids), logits_of(ref, ids)) < 2e-5
+
+
+def test_q8_0_files_quantise_back_to_their_own_blocks(tmp_path):
+    """`--quantize q8_0` on a Q8_0 file: chapter 23's QuantMatrix holds exactly
+    the file's int8 values and scales (decoding then re-quantising loses nothing)."""
+    from minigpt.quantize import QuantMatrix, quantize_model
+    from tools.gguf_export import export_gguf
+
+    path = export_gguf(minigpt.DEMO_LLAMA, tmp_path / "q8.gguf", "Q8_0")
+    f = read_gguf(path)
+    model = quantize_model(minigpt.load_model(path), "q8_0")
+    v = model.params["layers"][0]["self_attn"]["v_proj"]
+    assert isinstance(v, QuantMatrix)
+    info = f.tensors["blk.0.attn_v.weight"]
+    blocks = f.data[info.offset:info.offset + info.nbytes].reshape(-1, 34)
+    np.testing.assert_array_equal(v.q.reshape(-1, 32), blocks[:, 2:].view(np.int8))
+    np.testing.assert_array_equal(v.d.reshape(-1), blocks[:, :2].copy().view(
+        np.float16).astype(np.float32).ravel())
