@@ -1,8 +1,9 @@
 """The command line: `python -m minigpt COMMAND ...`.
 
 Commands: `info` (the machine), `generate` (stream text from a checkpoint),
-`download` (fetch GPT-2, SmolLM2 or TinyLlama from the Hugging Face hub), and `chat`
-(talk with an instruct model, through its chat template). A bad argument or a bad
+`download` (fetch GPT-2, SmolLM2, TinyLlama, Qwen or a GGUF file from the Hugging
+Face hub), and `chat` (talk with an instruct model, through its chat template).
+`--model` takes a checkpoint folder or a .gguf file. A bad argument or a bad
 checkpoint ends with one line on stderr and exit code 2, never a traceback.
 """
 
@@ -116,8 +117,8 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
     talk = commands.add_parser("chat", help="talk with an instruct model "
                                "(empty line or Ctrl-D ends)")
     talk.add_argument("--model", type=Path, required=True,
-                      help="an instruct checkpoint, e.g. from `download "
-                           "smollm2-135m-instruct`")
+                      help="an instruct checkpoint or .gguf file, e.g. from "
+                           "`download smollm2-135m-instruct`")
     talk.add_argument("--system", default=None, metavar="TEXT",
                       help="a system message that opens the conversation")
     talk.add_argument("--max-new-tokens", type=count, default=256, metavar="N")

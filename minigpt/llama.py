@@ -6,18 +6,21 @@ tests reproduce: pre-norm blocks with RMSNorm, a SwiGLU feed-forward, attention
 with fewer key/value heads than query heads (GQA), rotate-half RoPE from
 `minigpt.rope` (with linear `rope_scaling`), and an output head that may be tied
 to the embedding or not. `load_llama` reads a checkpoint folder (`config.json`
-with `model_type: "llama"` + `model.safetensors`, or the shards listed in
-`model.safetensors.index.json`) through `minigpt.weights`, like GPT-2's; its
-tokenizer is `minigpt.tokenizer_json`.
+with `model_type: "llama"`, `"qwen2"` or `"qwen3"` + `model.safetensors`, or the
+shards listed in `model.safetensors.index.json`) through `minigpt.weights`, like
+GPT-2's; its tokenizer is `minigpt.tokenizer_json`. Three newer families are small
+additions, switched on by the config: Qwen2's biases on q, k and v, Qwen3's
+RMSNorm of each head's q and k (with an explicit head_dim), and Llama 3's RoPE
+scaling, a divisor per frequency pair (`minigpt.rope.llama3_divisors`).
 
 Every forward pass goes through a KV cache (`minigpt.kvcache.KVCache`, with
 n_kv_head heads): a cached decode step writes one row, and `forward(ids)` is the
 same code with a throwaway cache of exactly len(ids) rows, so the cached and
 uncached paths cannot drift apart.
 
-Leaves out on purpose: batches, biases in the projections (LLaMA has none),
-RoPE scaling other than linear (NTK, YaRN, Llama 3's frequency bands are refused
-by name), and sliding-window attention.
+Leaves out on purpose: batches, biases other than Qwen2's, RoPE scaling other
+than linear and Llama 3's (NTK, YaRN and the others are refused by name), and
+sliding-window attention (refused when a config turns it on).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ Face's `LlamaForCausalLM`. They differ only by a permutation of the rows of the
 query and key projections, which `interleaved_to_half` applies.
 
 Linear scaling (positions divided by a factor, for a context stretched by that
-factor) is here; leaves out on purpose the other scaled variants for longer
-contexts (NTK, YaRN, Llama 3's frequency bands) and partial rotation (rotating
-only some of a head's features, as GPT-NeoX and Phi do).
+factor) and Llama 3's (each pair's frequency divided by its own factor) are here;
+leaves out on purpose the other scaled variants for longer contexts (NTK, YaRN)
+and partial rotation (rotating only some of a head's features, as GPT-NeoX and
+Phi do).
 """
 
 from __future__ import annotations
