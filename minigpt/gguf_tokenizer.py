@@ -127,7 +127,7 @@ def spm_spec(gguf: GGUFFile, tokens: list[str], types: list[int]) -> tuple:
 
 def bpe_spec(gguf: GGUFFile, tokens: list[str]) -> dict:
     """Byte-level BPE as tokenizer.json: merges, and the pre name's regex."""
-    pre = meta(gguf, "tokenizer.ggml.pre", str, "gpt-2")
+    pre = meta(gguf, "tokenizer.ggml.pre", str)  # no guess when it is missing
     if pre not in PRE_TOKENIZERS:
         raise GGUFError(f"{gguf.path}: tokenizer.ggml.pre: {pre!r} is not supported "
                         f"(known: {', '.join(PRE_TOKENIZERS)})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +134,47 @@ def test_chat_template_and_refusals(tmp_path):
     with pytest.raises(GGUFError, match="1 types for 2 tokens"):
         load_gguf_tokenizer(bad)
     bad = write_vocab(tmp_path / "merge.gguf", "gpt2", tokens, types,
-                      {"tokenizer.ggml.merges": ["a c"]})
+                      {"tokenizer.ggml.merges": ["a c"],
+                       "tokenizer.ggml.pre": "gpt-2"})
     with pytest.raises(GGUFError, match="tokenizer.ggml.merges"):
         load_gguf_tokenizer(bad)
     assert np.all(np.array(types) == 1)
+
+
+def llama_cpp_models() -> Path | None:
+    """llama.cpp's models/ folder: $MINIGPT_LLAMA_CPP_MODELS, or the copy that the
+    peers benchmark unpacks into .cache/peers/ (absent until it has run)."""
+    if os.environ.get("MINIGPT_LLAMA_CPP_MODELS"):
+        return Path(os.environ["MINIGPT_LLAMA_CPP_MODELS"])
+    root = Path(__file__).resolve().parent.parent / ".cache" / "peers"
+    found = sorted(root.glob("llama_cpp_python-*/vendor/llama.cpp/models"))
+    return found[-1] if found else None
+
+
+@pytest.mark.parametrize("name", ["gpt-2", "llama-bpe", "qwen2", "llama-spm",
+                                  "phi-3"])
+def test_llama_cpp_vocab_files_give_llama_cpp_ids(name):
+    """llama.cpp's own vocabulary files and the ids its tokenizer test expects
+    (models/ggml-vocab-*.gguf, .inp and .out; specials read as text)."""
+    folder = llama_cpp_models()
+    if folder is None or not (folder / f"ggml-vocab-{name}.gguf").is_file():
+        pytest.skip("llama.cpp's vocabulary files are unpacked by "
+                    "`python -m benchmarks peers` (or set MINIGPT_LLAMA_CPP_MODELS)")
+    path = folder / f"ggml-vocab-{name}.gguf"
+    texts = path.with_suffix(".gguf.inp").read_text(encoding="utf-8").split(
+        "\n__ggml_vocab_test__\n")
+    wants = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    tok = load_gguf_tokenizer(path)
+    assert len(texts) > 40
+    for text, want in zip(texts, wants, strict=False):
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == [int(i) for i in want.split()], text[:40]
+        assert tok.decode(ids) == text
+
+
+def test_a_missing_pre_name_is_refused(tmp_path):
+    require("gguf")
+    bad = write_vocab(tmp_path / "old.gguf", "gpt2", ["a", "b"], [1, 1],
+                      {"tokenizer.ggml.merges": ["a b"]})
+    with pytest.raises(GGUFError, match="tokenizer.ggml.pre: missing"):
+        load_gguf_tokenizer(bad)
