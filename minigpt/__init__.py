@@ -34,8 +34,6 @@ _EXPORTS = {
     "load_llama": "minigpt.llama",
     "machine_info": "minigpt.info",
     "quantize_model": "minigpt.quantize",
-    "read_gguf": "minigpt.gguf",
-    "GGUFError": "minigpt.gguf",
 }
 
 __all__ = ["__version__", "DEMO_MODEL", "DEMO_LLAMA", "generate", *_EXPORTS]

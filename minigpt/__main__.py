@@ -176,7 +176,7 @@ def run_generate(args: argparse.Namespace) -> None:
 def open_model(args: argparse.Namespace):
     """--model's model: quantised if it was saved so or --quantize asks for it,
     with the threads given to our own kernels when there is more than one."""
-    from minigpt.models import load_model, saved_scheme
+    from minigpt.models import is_gguf, load_model, saved_scheme
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
     if not (args.quantize or saved) and args.threads == 1:
@@ -190,6 +190,10 @@ def open_model(args: argparse.Namespace):
         if compile_dot_rows() is None:  # no numba: BLAS takes the threads
             return load_model(args.model)
         model = threaded_model(load_model(args.model))  # chapter 21
+    elif is_gguf(args.model) and args.quantize == "q8_0":  # blocks as stored
+        from minigpt.gguf_q8_0 import load_gguf_q8_0
+
+        model = load_gguf_q8_0(args.model)
     else:
         from minigpt.quantize import load_quantized, quantize_model
 

@@ -27,7 +27,8 @@ from minigpt.llama import LLAMA_FAMILY, LlamaConfig, LlamaModel, llama_params
 from minigpt.rope import interleaved_to_half
 from minigpt.weights import GPTConfig, gpt2_params
 
-__all__ = ["gguf_gpt2", "gguf_llama", "hf_names", "load_gguf", "meta"]
+__all__ = ["gguf_gpt2", "gguf_llama", "gpt2_config", "hf_names", "llama_config",
+           "load_gguf", "meta"]
 
 
 # --8<-- [start:gguf-meta]
@@ -93,6 +94,20 @@ def hf_names(gguf: GGUFFile, top: dict, block: dict, layers: str) -> dict:
 # --8<-- [start:gguf-llama]
 def gguf_llama(gguf: GGUFFile, arch: str) -> LlamaModel:
     """A LLaMA, Qwen2 or Qwen3 from its GGUF metadata and tensors."""
+    config = llama_config(gguf, arch)
+    tensors = {hf: read_tensor(gguf, name) for hf, name in
+               hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers").items()}
+    if arch == "llama":  # Meta's pairs (0, 1), (2, 3)... back to rotate-half's
+        for i in range(config.n_layer):
+            for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
+                name = f"layers.{i}.self_attn.{p}_proj.weight"
+                if name in tensors:  # fill_params names a missing one
+                    tensors[name] = interleaved_to_half(tensors[name], heads)
+    return LlamaModel(config, llama_params(tensors, config, str(gguf.path)))
+
+
+def llama_config(gguf: GGUFFile, arch: str) -> LlamaConfig:
+    """The config of a llama, qwen2 or qwen3 file, from its metadata."""
     def get(key: str, kind: type = int, default: object = MISSING):
         return meta(gguf, f"{arch}.{key}", kind, default)
 
@@ -101,7 +116,7 @@ def gguf_llama(gguf: GGUFFile, arch: str) -> LlamaModel:
     divisors = (tuple(read_tensor(gguf, "rope_freqs.weight").tolist())  # Llama 3
                 if "rope_freqs.weight" in gguf.tensors else ())
     linear = get("rope.scaling.type", str, "none") == "linear"
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=gguf.tensors["token_embd.weight"].shape[0],
         n_ctx=get("context_length"), n_embd=C, n_layer=get("block_count"),
         n_head=n_head, n_kv_head=n_kv, n_hidden=get("feed_forward_length"),
@@ -112,35 +127,30 @@ def gguf_llama(gguf: GGUFFile, arch: str) -> LlamaModel:
         rope_divisors=divisors, tie_word_embeddings="output.weight" not in
         gguf.tensors, eos_token_ids=eos_ids(gguf), qkv_bias=arch == "qwen2",
         qk_norm=arch == "qwen3")
-    tensors = {hf: read_tensor(gguf, name) for hf, name in
-               hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers").items()}
-    if arch == "llama":  # Meta's pairs (0, 1), (2, 3)... back to rotate-half's
-        for i in range(config.n_layer):
-            for p, heads in (("q", n_head), ("k", n_kv)):
-                name = f"layers.{i}.self_attn.{p}_proj.weight"
-                if name in tensors:  # fill_params names a missing one
-                    tensors[name] = interleaved_to_half(tensors[name], heads)
-    return LlamaModel(config, llama_params(tensors, config, str(gguf.path)))
 # --8<-- [end:gguf-llama]
 
 
 # --8<-- [start:gguf-gpt2]
 def gguf_gpt2(gguf: GGUFFile) -> CachedGPT:
     """A GPT-2 from its GGUF file: the same name table as its safetensors."""
-    config = GPTConfig(
-        vocab_size=gguf.tensors["token_embd.weight"].shape[0],
-        n_ctx=meta(gguf, "gpt2.context_length"), n_embd=meta(gguf,
-                                                              "gpt2.embedding_length"),
-        n_layer=meta(gguf, "gpt2.block_count"),
-        n_head=meta(gguf, "gpt2.attention.head_count"),
-        layer_norm_epsilon=meta(gguf, "gpt2.attention.layer_norm_epsilon", float),
-        eos_token_ids=eos_ids(gguf))
-    tensors = {}
+    config, tensors = gpt2_config(gguf), {}
     for hf, name in hf_names(gguf, GPT2_NAMES, GPT2_BLOCK, "h").items():
         x = read_tensor(gguf, name)
         # llama.cpp stores matrices [out, in]; Hugging Face's Conv1D [in, out]
         tensors[hf] = x.T if x.ndim == 2 and hf.startswith("h.") else x
     return CachedGPT(config, gpt2_params(tensors, config, str(gguf.path)))
+
+
+def gpt2_config(gguf: GGUFFile) -> GPTConfig:
+    """The config of a gpt2 file, from its metadata."""
+    return GPTConfig(
+        vocab_size=gguf.tensors["token_embd.weight"].shape[0],
+        n_ctx=meta(gguf, "gpt2.context_length"),
+        n_embd=meta(gguf, "gpt2.embedding_length"),
+        n_layer=meta(gguf, "gpt2.block_count"),
+        n_head=meta(gguf, "gpt2.attention.head_count"),
+        layer_norm_epsilon=meta(gguf, "gpt2.attention.layer_norm_epsilon", float),
+        eos_token_ids=eos_ids(gguf))
 # --8<-- [end:gguf-gpt2]
 
 

@@ -311,3 +311,55 @@ def test_q8_0_files_quantise_back_to_their_own_blocks(tmp_path):
     np.testing.assert_array_equal(v.q.reshape(-1, 32), blocks[:, 2:].view(np.int8))
     np.testing.assert_array_equal(v.d.reshape(-1), blocks[:, :2].copy().view(
         np.float16).astype(np.float32).ravel())
+
+
+def params_equal(a, b, where: str = "params") -> None:
+    """Two parameter trees hold the same arrays and the same QuantMatrix data."""
+    from minigpt.quantize import QuantMatrix
+
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            params_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            params_equal(x, y, f"{where}.{i}")
+    elif isinstance(a, QuantMatrix):
+        assert isinstance(b, QuantMatrix) and a.transposed == b.transposed, where
+        np.testing.assert_array_equal(a.q, b.q, err_msg=where)
+        np.testing.assert_array_equal(a.d, b.d, err_msg=where)
+    else:
+        np.testing.assert_array_equal(a, b, err_msg=where)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_K", "F32"])
+@pytest.mark.parametrize("folder", ["demo", "demo_llama"])
+def test_q8_0_loading_equals_quantising_the_float_model(tmp_path, folder, kind):
+    """load_gguf_q8_0 takes Q8_0 blocks as stored, quantises other matrices as
+    chapter 23 does: the same params as quantize_model on the float32 model."""
+    from minigpt.gguf_q8_0 import load_gguf_q8_0
+    from minigpt.quantize import quantize_model
+    from tools.gguf_export import export_gguf
+
+    source = minigpt.DEMO_MODEL if folder == "demo" else minigpt.DEMO_LLAMA
+    path = export_gguf(source, tmp_path / "m.gguf", kind)
+    ours = load_gguf_q8_0(path)
+    params_equal(ours.params, quantize_model(minigpt.load_model(path), "q8_0").params)
+    ids = np.arange(1, 50)
+    want = minigpt.load_model(path).forward(ids)
+    assert rel_error(ours.forward(ids), want) < 2e-2
+
+
+@pytest.mark.reference
+def test_cli_quantize_reads_q8_0_blocks_as_stored(tmp_path, capsys, monkeypatch):
+    import minigpt.gguf_q8_0 as q8
+    from minigpt.__main__ import main
+    from tests.gguf_files import tiny_gpt2_gguf
+
+    calls = []
+    monkeypatch.setattr(q8, "load_gguf_q8_0", lambda p, f=q8.load_gguf_q8_0:
+                        calls.append(p) or f(p))
+    path = tiny_gpt2_gguf(tmp_path / "tiny.gguf")
+    assert main(["generate", "hi", "--model", str(path), "--quantize", "q8_0",
+                 "--max-new-tokens", "3", "--seed", "0"]) == 0
+    assert calls == [path] and capsys.readouterr().out.startswith("hi")
