@@ -158,9 +158,9 @@ def gguf_tokenizer(gguf: GGUFFile) -> JsonBPE:
         return SentencePiece(spec, config, ranks, prefix)
     try:
         return JsonBPE(spec, config)
-    except KeyError as exc:  # a merge of pieces that are not in the vocabulary
-        raise GGUFError(f"{gguf.path}: tokenizer.ggml.merges: unknown piece "
-                        f"{exc}") from None
+    except (KeyError, ValueError) as exc:  # a piece not in the vocabulary, or a
+        raise GGUFError(f"{gguf.path}: tokenizer.ggml.merges: unknown piece or "
+                        f"not two pieces: {exc}") from None  # merge of one piece
 
 
 def gguf_chat_config(gguf: GGUFFile, tokens: list[str]) -> dict:

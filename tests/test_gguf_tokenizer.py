@@ -138,6 +138,10 @@ def test_chat_template_and_refusals(tmp_path):
                        "tokenizer.ggml.pre": "gpt-2"})
     with pytest.raises(GGUFError, match="tokenizer.ggml.merges"):
         load_gguf_tokenizer(bad)
+    bad = write_vocab(tmp_path / "merge1.gguf", "gpt2", tokens, types,
+                      {"tokenizer.ggml.merges": ["ab"], "tokenizer.ggml.pre": "gpt-2"})
+    with pytest.raises(GGUFError, match="tokenizer.ggml.merges"):
+        load_gguf_tokenizer(bad)
     assert np.all(np.array(types) == 1)
 
 
