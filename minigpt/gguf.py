@@ -46,6 +46,7 @@ class Cursor:
         self.data, self.path, self.at = data, path, 0
 
     def fail(self, field: str, problem: str) -> GGUFError:
+        """The error to raise, naming the file and the field."""
         return GGUFError(f"{self.path}: {field}: {problem}")
 
     def take(self, n: int, field: str) -> bytes:
@@ -62,6 +63,7 @@ class Cursor:
         return np.frombuffer(raw, dtype=dtype)
 
     def number(self, dtype: str, field: str) -> int | float:
+        """One number of the given dtype, as a Python int or float."""
         return self.array(dtype, 1, field)[0].item()
 
     def string(self, field: str) -> str:
