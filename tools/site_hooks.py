@@ -90,7 +90,8 @@ def chapter_urls(files) -> dict[int, str]:
     urls = {}
     for f in files:
         m = re.fullmatch(r"chapters/(\d\d)-[^/]+\.(md|py)", f.src_uri)
-        if m:
+        # a page, not a chapter's downloadable script (tools/downloads.py)
+        if m and f.is_documentation_page():
             urls[int(m.group(1))] = f.url
     return urls
 
