@@ -22,7 +22,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 MERMAID = "assets/vendor/mermaid/mermaid.esm.min.mjs"
 GLOSSARY = "appendix/glossary.md"
@@ -274,6 +277,15 @@ def lighten_notebook(output: str) -> str:
 
 
 # --- the hooks ----------------------------------------------------------------
+
+
+def on_config(config):
+    # `mkdocs build` runs from .venv/bin, so the repository root is not on sys.path
+    # (and MkDocs restores sys.path after loading a hook); the hooks that import
+    # tools.* (tools/downloads.py) need it from on_files on.
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return config
 
 
 def on_page_content(html, page, config, files):
