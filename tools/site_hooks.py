@@ -230,6 +230,14 @@ def split_selectors(prelude: str) -> list[str]:
     return out + [cur]
 
 
+def selector_classes(selector: str) -> set[str]:
+    """The classes an element must have for selector to match it (a lower bound:
+    attribute values and :not/:is/:where/:has arguments are not counted)."""
+    bare = re.sub(r"\[[^\]]*\]", "", selector)
+    bare = re.sub(r":(?:not|is|where|has|matches)\([^()]*\)", "", bare)
+    return set(re.findall(r"\.(-?[_a-zA-Z][\w-]*)", bare))
+
+
 def prune_css(css: str, classes: set[str]) -> str:
     """css without the rules that name a class the page does not use."""
     out = []
@@ -245,8 +253,7 @@ def prune_css(css: str, classes: set[str]) -> str:
                 out.append(f"{prelude}{{{body}}}")
         else:
             keep = [s for s in split_selectors(prelude)
-                    if set(re.findall(r"\.(-?[_a-zA-Z][\w-]*)",
-                                      re.sub(r":not\([^)]*\)", "", s))) <= classes]
+                    if selector_classes(s) <= classes]
             if keep:
                 out.append(",".join(s.strip() for s in keep) + "{" + body + "}")
     return "".join(out)
