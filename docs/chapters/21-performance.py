@@ -117,7 +117,7 @@ print(f"{weights / 4:,.0f} parameters, {weights / 1e6:.0f} MB of float32")
 #
 # A profiler tells us where a program spends its time. Python ships one,
 # `cProfile`, which counts every function call. Let us run it over a few decode
-# steps of chapter 20's `forward_cached`, after a 16-token prompt.
+# steps of [chapter 20](20-kv-cache.md)'s `forward_cached`, after a 16-token prompt.
 
 # %%
 rng = np.random.default_rng(0)
@@ -318,7 +318,7 @@ display(SVG(filename=CHARTS / "bandwidth-ladder.svg"))
 # matrix: 50,257 × 768, a third of all the weights. In the prefill, only the last
 # prompt position predicts the next token. For a 512-token prompt, logits for
 # every row would cost $2 \cdot 512 \cdot 768 \cdot 50257 \approx 40$ billion
-# operations spent on numbers nobody reads. So `generate` asks chapter 20's
+# operations spent on numbers nobody reads. So `generate` asks [chapter 20](20-kv-cache.md)'s
 # `forward_cached` for `last_only=True`. In the benchmark, a 64-token prefill took
 # {{ num(v("decode", "prefill_head.every_row_ms"), ".0f") }} ms with logits for
 # every row and {{ num(v("decode", "prefill_head.last_row_ms"), ".0f") }} ms with the
@@ -392,7 +392,7 @@ print("a view of a memory map of", Path(base.filename).name)
 # %% [markdown]
 # The many small arrays a step allocates, one for every `a + b`, cost little: a
 # decode step written entirely with NumPy's `out=` arguments measured only a few
-# percent faster than chapter 20's plain code, because the step's time goes to
+# percent faster than [chapter 20](20-kv-cache.md)'s plain code, because the step's time goes to
 # streaming weights. Exercise 3 lets you try it.
 #
 # ## BLAS threads
@@ -650,7 +650,7 @@ display(SVG(filename=CHARTS / "peers-decode.svg"))
 # float32 input. Find why and fix it without changing its maths.
 #
 # **3. Build it yourself: a layer norm into a buffer.** Write
-# `my_layer_norm_into(x, g, b, eps, out)`: chapter 9's `layer_norm` of one vector
+# `my_layer_norm_into(x, g, b, eps, out)`: [chapter 9](09-layer-norm.md)'s `layer_norm` of one vector
 # `x` of shape `(C,)`, written into the preallocated `out` with NumPy's `out=`
 # arguments, allocating no array of size $C$ on the way. Check it against
 # `minigpt.layers.layer_norm` (`np.testing.assert_allclose`, `rtol=1e-5`), then
