@@ -14,8 +14,9 @@ computes the output head for its last position only (`last_only` in
 `minigpt.kvcache`), sampling never sorts the whole vocabulary, and the command
 line runs one BLAS thread unless told otherwise.
 
-Leaves out on purpose: threads of our own, quantised weights (chapter 23), and
-hand-fused kernels (the BLAS library does the heavy lifting).
+Leaves out on purpose: threads of our own and quantised weights (each has its own
+chapter in the Going-further track), and hand-fused kernels (the BLAS library does
+the heavy lifting).
 """
 
 from __future__ import annotations
