@@ -40,6 +40,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
+from IPython import get_ipython
 from IPython.display import SVG, display
 from threadpoolctl import threadpool_info
 
@@ -57,6 +58,17 @@ HERE = Path.cwd().resolve()
 ROOT = next(p for p in (HERE, *HERE.parents, Path(minigpt.__file__).parents[1])
             if (p / "benchmarks" / "results").is_dir())
 RESULTS, CHARTS = ROOT / "benchmarks" / "results", ROOT / "docs" / "assets" / "charts"
+
+
+def chart(name: str) -> None:
+    """Draw a chart of the benchmarks in Jupyter; elsewhere, say where it is."""
+    path = CHARTS / f"{name}.svg"
+    if get_ipython() is None:  # a plain Python session cannot draw it
+        print("chart:", path.relative_to(ROOT))
+    else:
+        display(SVG(filename=path))
+
+
 print(describe())
 
 # %% [markdown]
@@ -305,7 +317,7 @@ print(f"{read / 1e6:.0f} MB per token at position 80")
 # decoding streams from main memory.
 
 # %%
-display(SVG(filename=CHARTS / "bandwidth-ladder.svg"))
+chart("bandwidth-ladder")
 
 # %% [markdown]
 # ## Near the roofline: the habits the engine keeps
@@ -431,7 +443,7 @@ for pool in threadpool_info():
 # decoding needs is the subject of [chapter 23](23-threads.md).
 
 # %%
-display(SVG(filename=CHARTS / "decode-threads-load.svg"))
+chart("decode-threads-load")
 
 # %% [markdown]
 # ## Start-up
@@ -560,14 +572,14 @@ print(f"minigpt, no cache: {nc['decode_tok_s']:.1f} tokens/s "
       f"(over {nc['new_tokens']} new tokens)")
 
 # %%
-display(SVG(filename=CHARTS / "decode-speed.svg"))
+chart("decode-speed")
 
 # %% [markdown]
 # Per token, decoding is flat: the weights cost the same at every position, and
 # the cached keys and values a token reads grow by only 74 KB per position.
 
 # %%
-display(SVG(filename=CHARTS / "decode-latency.svg"))
+chart("decode-latency")
 
 # %% [markdown]
 # The prefill is a different animal: a 512-token prompt does 512 times the
@@ -575,7 +587,7 @@ display(SVG(filename=CHARTS / "decode-latency.svg"))
 # (ours and PyTorch's) does the heavy lifting and the engines are close.
 
 # %%
-display(SVG(filename=CHARTS / "decode-prefill.svg"))
+chart("decode-prefill")
 
 # %% [markdown]
 # On the roofline chart, decoding sits on the sloped memory roof at half an
@@ -583,7 +595,7 @@ display(SVG(filename=CHARTS / "decode-prefill.svg"))
 # compute roof.
 
 # %%
-display(SVG(filename=CHARTS / "roofline-gpt2.svg"))
+chart("roofline-gpt2")
 
 # %% [markdown]
 # ### How close, in numbers
@@ -625,7 +637,7 @@ print(f"peak memory {mem['peak_rss_bytes'] / 1e6:.0f} MB for a "
 # which [chapter 23](23-threads.md) takes up.
 
 # %%
-display(SVG(filename=CHARTS / "peers-decode.svg"))
+chart("peers-decode")
 
 # %% [markdown]
 # ## Recap
