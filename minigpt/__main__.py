@@ -124,8 +124,10 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
     talk.add_argument("--temperature", type=temperature, default=0.7, metavar="T")
     talk.add_argument("--top-p", type=probability, default=0.9, metavar="P")
     talk.add_argument("--seed", type=int, default=None, metavar="S")
+# --8<-- [end:cli-chat]
 
 
+# --8<-- [start:cli-run-chat]
 def run_chat(args: argparse.Namespace) -> None:
     """Load an instruct model, then answer each line typed until an empty one."""
     from minigpt.chat import chat_loop, read_chat_config
@@ -138,7 +140,7 @@ def run_chat(args: argparse.Namespace) -> None:
     chat_loop(model, tokenizer, config, system=args.system,
               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
               top_p=args.top_p, seed=args.seed)
-# --8<-- [end:cli-chat]
+# --8<-- [end:cli-run-chat]
 
 
 # --8<-- [start:cli-generate]
