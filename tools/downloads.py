@@ -22,6 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def importable() -> None:
+    """Let `tools.*` import: MkDocs loads a hook by its path, not as a package."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
 CHAPTER = re.compile(r"^chapters/(\d\d-[^/]+)\.md$")
 NOTEBOOK_CHAPTER = re.compile(r"^chapters/(\d\d-[^/]+)\.py$")
 SHELL_HELPER = '''\
@@ -56,6 +62,7 @@ def page_cells(page: Path, root: Path = ROOT) -> list[Cell]:
     """The page's runnable blocks in order, as the tests run them."""
     from pytest_codeblocks.main import extract_from_buffer
 
+    importable()
     from tools.pages_plugin import expand, normalise, rendered, snippet_settings
 
     settings, _ = snippet_settings(root)
