@@ -71,10 +71,10 @@ def unpack(data: bytes, keep: list[str], dest: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for member in tar.getmembers():
             rel = member.name.removeprefix("package/")
-            if not member.isfile() or not any(
+            if not member.isfile() or rel.endswith(".map") or not any(
                 rel == k or rel.startswith(k + "/") for k in keep
             ):
-                continue
+                continue  # source maps: only a debugger reads them
             target = dest / rel.removeprefix("dist/")
             target.parent.mkdir(parents=True, exist_ok=True)
             with tar.extractfile(member) as src, open(target, "wb") as out:
