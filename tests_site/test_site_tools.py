@@ -149,3 +149,29 @@ def test_saved_charts_have_text_readable_on_a_phone(tmp_path):
     smallest = min(float(s) * 100 for s in re.findall(r"scale\(([\d.]+) -", svg))
     assert width <= common.CHART_WIDTH_IN * 72 + 1
     assert smallest * common.PHONE_COLUMN_PX / width >= common.MIN_TEXT_PX - 0.05
+
+
+def test_a_notebook_page_links_to_pages_not_to_their_sources():
+    class File:
+        def __init__(self, src_uri, url):
+            self.src_uri, self.url = src_uri, url
+
+        def is_documentation_page(self):
+            return True
+
+    class Files:
+        table = {"chapters/20-kv-cache.md": File("chapters/20-kv-cache.md",
+                                                 "chapters/20-kv-cache/")}
+
+        def get_file_from_path(self, path):
+            return self.table.get(path)
+
+    class Page:
+        file = File("chapters/21-performance.py", "chapters/21-performance/")
+        url = "chapters/21-performance/"
+
+    html = ('<a href="20-kv-cache.md#cache">c</a> <a href="99-none.md">n</a> '
+            '<a href="https://x.org/a.md">x</a>')
+    out = site_hooks.resolve_page_links(html, Page(), Files())
+    assert '<a href="../20-kv-cache/#cache">c</a>' in out
+    assert '<a href="99-none.md">n</a>' in out and 'href="https://x.org/a.md"' in out

@@ -11,6 +11,8 @@
 * Every plain-text "chapter N" of a page's prose becomes a link to that chapter,
   found from the file names docs/chapters/NN-*.md|py, so new chapters need nothing.
 * The glossary's terms get anchors, and each page links the first use of each term.
+* A notebook page's links to pages' source files (`20-kv-cache.md`) point to the
+  pages, as MkDocs does for Markdown pages and mkdocs-jupyter does not.
 * The search index keeps prose and drops code listings, which are most of its
   weight and which every page downloads.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -295,7 +298,29 @@ def on_config(config):
     return config
 
 
+def resolve_page_links(html: str, page, files) -> str:
+    """Links to pages' source files (`20-kv-cache.md`) as the pages' URLs.
+
+    MkDocs does this for Markdown pages; mkdocs-jupyter leaves a notebook's links
+    as written, so the book's usual `[chapter 20](20-kv-cache.md)` would 404 there.
+    """
+    base = posixpath.dirname(page.file.src_uri)
+
+    def fix(m: re.Match) -> str:
+        target, fragment = m.group(2), m.group(3) or ""
+        found = files.get_file_from_path(posixpath.normpath(posixpath.join(base,
+                                                                           target)))
+        if found is None or not found.is_documentation_page():
+            return m.group(0)
+        return f'{m.group(1)}{relative(found.url, page.url)}{fragment}"'
+
+    return re.sub(r'(<a\b[^>]*?\bhref=")(?![a-z][\w+.-]*:|/|#)([^"#?]+\.(?:md|py|'
+                  r'ipynb))(#[^"]*)?"', fix, html)
+
+
 def on_page_content(html, page, config, files):
+    if not page.file.src_uri.endswith(".md"):
+        html = resolve_page_links(html, page, files)
     urls = chapter_urls(files)
     html = link_chapters(html, urls, page.url)
     glossary = files.get_file_from_path(GLOSSARY)
