@@ -152,6 +152,28 @@ def test_the_weight_counts_what_a_diagram_page_loads():
     assert "search_index.json" in names
 
 
+def test_only_pages_with_a_diagram_load_mermaid():
+    wrong = []
+    for page in html_pages():
+        html = page.read_text(encoding="utf-8", errors="replace")
+        drawn = 'class="mermaid"' in html
+        loads = any(f.name.startswith("mermaid") for f in loaded_files(page))
+        if drawn != loads:
+            wrong.append(f"{page_id(page)}: diagram {drawn}, loads Mermaid {loads}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_notebook_pages_carry_no_unused_jupyter_css():
+    """mkdocs-jupyter inlines JupyterLab's 575 KB stylesheet; the hook prunes it."""
+    for page in html_pages():
+        html = page.read_text(encoding="utf-8", errors="replace")
+        if '<div class="jupyter-wrapper">' not in html:
+            continue
+        styles = re.findall(r"<style[^>]*>(.*?)</style>", html, re.S)
+        assert sum(map(len, styles)) < 250_000, f"{page_id(page)}: Jupyter CSS kept"
+        assert "cdnjs" not in html and "mathjax" not in html.lower(), page_id(page)
+
+
 # --- links and anchors -------------------------------------------------------
 
 
