@@ -19,11 +19,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import SVG, display
 from matplotlib_inline.backend_inline import set_matplotlib_formats
 
 from minigpt.info import describe
 
-# charts as SVG, 5 inches wide with 10-point text at least: readable on a phone
+# Charts as SVG, 5 inches wide with 10-point text at least: readable on a phone.
+# display(fig) shows a figure whatever matplotlib's backend (the site's build
+# runs with MPLBACKEND=Agg, where plt.show() shows nothing).
 set_matplotlib_formats("svg")
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11,
                      "xtick.labelsize": 10, "ytick.labelsize": 10,
@@ -67,7 +70,8 @@ ax.set_ylabel("GFLOPS (float32)")
 ax.set_title("np.matmul at build time")
 ax.grid(alpha=0.3)
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## Stored results of the benchmarks
@@ -103,8 +107,6 @@ for path in sorted(results.glob("*.json")):
 # "sums.column_over_row", ".1f") }} times as long as summing its rows.
 
 # %%
-from IPython.display import SVG, display
-
 charts = Path("docs/assets/charts")
 for name in ("matmul-ladder", "matmul-sweep", "layout-access", "layout-sums"):
     if (charts / f"{name}.svg").is_file():
@@ -135,7 +137,8 @@ ax.set_ylim(bottom=0)
 ax.grid(alpha=0.3)
 ax.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 for threads, rates in bw["main_memory"].items():
     print(f"{threads} thread(s): " + ", ".join(f"{k} {v:.1f} GB/s"
                                             for k, v in rates.items()))
@@ -168,7 +171,8 @@ ax.invert_yaxis()
 ax.set_xlabel(f"decode tokens/s, {dec['threads']} thread(s)")
 ax.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 for name, t in dec["targets"].items():
     print(f"{name:<38} measured {t['measured']:.2f}, target {t['target']}: "
           f"{'met' if t['met'] else 'NOT met'}")
@@ -195,7 +199,8 @@ b.set_ylabel("prompt tokens/s")
 b.set_ylim(bottom=0)
 b.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # One thread against every core (shorter runs), and the roofline: attainable
@@ -234,7 +239,8 @@ b.set_xlabel("FLOPs per byte of weights")
 b.set_ylabel("GFLOPS")
 b.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## A live measurement: the decode ceiling of this machine
@@ -291,7 +297,8 @@ ax.invert_yaxis()
 ax.set_xlabel("decode tokens/s, GPT-2 124M shape")
 ax.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 for name, t in quant["targets"].items():
     print(f"{name:<38} measured {t['measured']:.3f}, target {t['target']}: "
           f"{'met' if t['met'] else 'NOT met'}")
@@ -315,7 +322,8 @@ ax.invert_yaxis()
 ax.set_xlabel("MB, GPT-2 124M shape")
 ax.legend()
 fig.tight_layout()
-plt.show()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## Against llama.cpp (chapters 21 and 23)
