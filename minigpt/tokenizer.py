@@ -313,10 +313,6 @@ FILE_NAMES = [("encoder.json", "vocab.bpe"),   # OpenAI's release
               ("vocab.json", "merges.txt")]    # Hugging Face's copy
 
 
-class TokenizerFileError(ValueError):
-    """A vocabulary or merges file that cannot be read, naming the file and why."""
-
-
 def load_tokenizer(path: str | Path) -> ByteBPE:
     """A GPT-2-format tokenizer from a folder (or a file inside it)."""
     folder = Path(path)
@@ -340,6 +336,12 @@ def load_tokenizer(path: str | Path) -> ByteBPE:
     special = {tok: i for tok, i in table.items()
                if len(vocab[i]) > 1 and vocab[i] not in made}
     return ByteBPE(vocab, merges, special)
+# --8<-- [end:load-tokenizer]
+
+
+# --8<-- [start:read-gpt2-files]
+class TokenizerFileError(ValueError):
+    """A vocabulary or merges file that cannot be read, naming the file and why."""
 
 
 def read_vocab(path: Path) -> dict[str, int]:
@@ -373,4 +375,4 @@ def read_merges(path: Path, to_bytes, known: set[bytes]) -> list[tuple]:
                                      f"tokens of the vocabulary, one space apart")
         merges.append(pair)
     return merges
-# --8<-- [end:load-tokenizer]
+# --8<-- [end:read-gpt2-files]

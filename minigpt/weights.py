@@ -189,19 +189,6 @@ def read_json(path: str | Path) -> dict:
     return raw
 
 
-def check_fields(path: str | Path, raw: dict, counts: tuple[str, ...],
-                 numbers: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
-    """Refuse a field of the wrong type, by name: "n_layer": "4" is no count."""
-    def number(x: object) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-    for keys, ok, what in ((counts, lambda x: is_int(x) and x > 0, "an integer > 0"),
-                           (numbers, number, "a number"),
-                           (flags, lambda x: isinstance(x, bool), "true or false")):
-        for key in keys:
-            if raw.get(key) is not None and not ok(raw[key]):
-                raise WeightsError(f"{path}: {key} must be {what}, got {raw[key]!r}")
-
-
 def read_config(path: str | Path) -> GPTConfig:
     """A GPTConfig from a Hugging Face GPT-2 config.json."""
     raw = read_json(path)
@@ -223,6 +210,21 @@ def read_config(path: str | Path) -> GPTConfig:
                            f"of n_head {config.n_head}")
     return config
 # --8<-- [end:read-config]
+
+
+# --8<-- [start:check-fields]
+def check_fields(path: str | Path, raw: dict, counts: tuple[str, ...],
+                 numbers: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
+    """Refuse a field of the wrong type, by name: "n_layer": "4" is no count."""
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    for keys, ok, what in ((counts, lambda x: is_int(x) and x > 0, "an integer > 0"),
+                           (numbers, number, "a number"),
+                           (flags, lambda x: isinstance(x, bool), "true or false")):
+        for key in keys:
+            if raw.get(key) is not None and not ok(raw[key]):
+                raise WeightsError(f"{path}: {key} must be {what}, got {raw[key]!r}")
+# --8<-- [end:check-fields]
 
 
 # --8<-- [start:read-eos-ids]

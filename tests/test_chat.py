@@ -329,3 +329,59 @@ def test_clear_starts_again_and_bye_ends(tmp_path):
                         {"role": "user", "content": "more"},
                         {"role": "assistant", "content": "the"}]
     assert next(lines) == "unread"
+
+
+class TTY(io.StringIO):
+    """Standard input as a terminal would be: a person typing."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cli_chat_options_reach_the_conversation(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import minigpt.bench as bench
+    import minigpt.chat
+    import minigpt.threads as threads
+
+    folder = long_context(write_llama(tmp_path, "byte-level", chat=True))
+    seen, blas, kernel = [], [], []
+    render = minigpt.chat.render_chat
+    monkeypatch.setattr(minigpt.chat, "render_chat",
+                        lambda c, m, *a, **kw: seen.append(([*m], kw)) or render(
+                            c, m, *a, **kw))
+    real_blas, real_kernel = bench.blas_threads, threads.set_kernel_threads
+    monkeypatch.setattr(bench, "blas_threads", lambda n: blas.append(n) or real_blas(n))
+    monkeypatch.setattr(threads, "set_kernel_threads",
+                        lambda n: kernel.append(n) or real_kernel(n))
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    monkeypatch.setattr("sys.stdin", TTY("hi there\n/bye\n"))
+    assert main(["chat", "--model", str(folder), "--system", "Be brief.",
+                 "--chat-template-kwargs", '{"enable_thinking": false}',
+                 "--threads", "2", "--temperature", "0",
+                 "--max-new-tokens", "6"]) == 0
+    real_kernel(1)
+    out = capsys.readouterr().out
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi there"}]
+    assert seen == [(messages, {"enable_thinking": False})]
+    assert "readline" in sys.modules  # line editing and history, for a person
+    numba = threads.compile_dot_rows() is not None
+    assert (blas[-1], kernel) == ((1, [2]) if numba else (2, []))
+    config, tok = read_chat_config(folder), minigpt.load_tokenizer(folder)
+    want = "".join(chat_reply(minigpt.load_model(folder), tok, config, messages,
+                              max_new_tokens=6, temperature=0))
+    assert out == f"> {want}\n> "
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{not json", "not JSON"), ("[1]", "must be a JSON object")])
+def test_cli_chat_template_kwargs_must_be_a_json_object(tmp_path, capsys, value,
+                                                        message):
+    folder = write_llama(tmp_path, "byte-level", chat=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["chat", "--model", str(folder), "--chat-template-kwargs", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
