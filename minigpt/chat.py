@@ -67,8 +67,8 @@ def read_chat_config(folder: str | Path) -> dict:
     if jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
     if not isinstance(template, str):
-        raise ValueError(f"{folder}: no chat_template in tokenizer_config.json and "
-                         f"no chat_template.jinja: this model was not trained to "
+        raise ValueError(f"{folder}: no chat_template (in tokenizer_config.json or "
+                         f"chat_template.jinja): this model was not trained to "
                          f"chat; use `generate` instead")
     return {**config, "chat_template": template}
 
@@ -97,6 +97,18 @@ def render_chat(config: dict, messages: list[dict[str, str]],
         raise ValueError(f"chat template: {exc}") from None
 
 
+def chat_environment() -> ImmutableSandboxedEnvironment:
+    """Jinja2's immutable sandbox, set up as transformers sets it up."""
+    # no newline after a tag, no indent before one: the options transformers uses
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[loopcontrols, GenerationBlock])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env
+# --8<-- [end:render-chat]
+
+
+# --8<-- [start:template-helpers]
 def raise_exception(message: str) -> None:
     """What a template calls on a conversation it cannot render."""
     raise TemplateError(message)
@@ -125,17 +137,7 @@ class GenerationBlock(Extension):
         line = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
         return nodes.Scope(body, lineno=line)
-
-
-def chat_environment() -> ImmutableSandboxedEnvironment:
-    """Jinja2's immutable sandbox, set up as transformers sets it up."""
-    # no newline after a tag, no indent before one: the options transformers uses
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[loopcontrols, GenerationBlock])
-    env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
-    return env
-# --8<-- [end:render-chat]
+# --8<-- [end:template-helpers]
 
 
 # --8<-- [start:chat-memory]

@@ -76,7 +76,7 @@ def test_the_template_runs_in_the_sandbox(tmp_path):
 
 def test_models_without_a_template_are_refused(tmp_path):
     folder = write_llama(tmp_path, "byte-level", chat=False)
-    with pytest.raises(ValueError, match="no chat_template.jinja: this model was "
+    with pytest.raises(ValueError, match=r"chat_template.jinja\): this model was "
                                          "not trained to chat"):
         read_chat_config(folder)
     (folder / "tokenizer_config.json").unlink()
