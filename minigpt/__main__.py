@@ -21,7 +21,7 @@ from pathlib import Path
 # generate's names are imported here, not inside run_generate, so that chapter 19's
 # listing of run_generate, pasted, uses the reader's own generate and stream functions
 from minigpt import DEMO_MODEL, __version__
-from minigpt.generate import generate, stop_text, stream_text
+from minigpt.generation import generate, stop_text, stream_text
 
 # the bundled demo model, once a later chapter ships it; until then --model is needed
 DEFAULT_MODEL = DEMO_MODEL

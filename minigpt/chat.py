@@ -41,7 +41,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from minigpt.generate import LanguageModel, generate, stream_text
+from minigpt.generation import LanguageModel, generate, stream_text
 from minigpt.weights import read_json
 
 __all__ = ["ChatMemory", "chat_loop", "chat_reply", "end_of_turn_ids",

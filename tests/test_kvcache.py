@@ -12,7 +12,7 @@ import pytest
 
 import minigpt
 from minigpt.attention import mha
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.kvcache import KVCache, mha_cached
 from tests.reference import require
 from tests.test_generate import hf_model, random_model

@@ -306,7 +306,7 @@ def test_generate_with_the_new_knobs_equals_transformers_processors():
     tf = require("transformers")
     model = random_model(seed=2, vocab_size=40, n_ctx=32, n_embd=16)
     prompt = [1, 5, 5, 9]
-    from minigpt.generate import generate
+    from minigpt.generation import generate
 
     for knobs in (dict(repetition_penalty=1.3), dict(min_p=0.2, temperature=0.9),
                   dict(repetition_penalty=1.2, min_p=0.1, top_k=10,
@@ -331,7 +331,7 @@ def test_generate_with_the_new_knobs_equals_transformers_processors():
 
 
 def test_greedy_with_a_penalty_avoids_the_repeated_token():
-    from minigpt.generate import generate
+    from minigpt.generation import generate
     from tests.test_generate import random_model
 
     model = random_model(seed=2, vocab_size=40, n_ctx=32, n_embd=16)

@@ -462,7 +462,7 @@ chart("decode-threads-load")
 # %%
 code = """
 import time; t0 = time.perf_counter()
-import minigpt; from minigpt.generate import generate
+import minigpt; from minigpt.generation import generate
 t1 = time.perf_counter()
 demo = minigpt.DEMO_MODEL; m, tok = minigpt.load_model(demo), minigpt.load_tokenizer(demo)
 t2 = time.perf_counter(); ids = tok.encode("ROMEO:"); t3 = time.perf_counter()

@@ -20,6 +20,10 @@ Generation ends after max_new_tokens, or at a stop id: by default the
 checkpoint's end-of-text ids (`config.eos_token_ids`). `stop_text` ends streamed
 text before a stop string.
 
+The module is `minigpt.generation`, so that `minigpt.generate` can be the function
+itself (`minigpt/__init__.py` exports it): `from minigpt.generation import
+generate` and `minigpt.generate(model, ids, n)` both work, with one meaning each.
+
 Left out on purpose: batches, beam search, and keeping a fixed prefix such as a
 system prompt when the window slides.
 """
@@ -27,8 +31,6 @@ system prompt when the window slides.
 from __future__ import annotations
 
 import codecs
-import sys
-import types
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -212,17 +214,3 @@ def stop_text(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
     if held:
         yield held
 # --8<-- [end:stop-text]
-
-
-# --8<-- [start:callable-module]
-class _CallableModule(types.ModuleType):
-    """This module, callable as its main function: minigpt.generate(model, ...)."""
-
-    def __call__(self, *args: object, **kwargs: object) -> Iterator[int]:
-        return generate(*args, **kwargs)
-
-
-# `import minigpt.generate as g` gives this module, as Python users expect, and
-# `minigpt.generate(...)`, the same object, still generates
-sys.modules[__name__].__class__ = _CallableModule
-# --8<-- [end:callable-module]
