@@ -219,6 +219,8 @@ def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
     ids = check_ids(ids, config.n_ctx, config.vocab_size)
     cache.check_room(len(ids))
     start, end = cache.length, cache.length + len(ids)
+    if end > config.n_ctx:  # positions the model was never trained on
+        raise ValueError(f"positions {start} to {end} go past n_ctx={config.n_ctx}")
 
     # no position table: positions enter as rotation angles, offset by the cache
     rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta,

@@ -153,3 +153,16 @@ def test_the_cache_never_goes_past_the_context_window():
     with pytest.raises(ValueError, match=f"go past n_ctx={n_ctx}"):
         model.forward_cached(np.array([1]), cache)
     assert cache.length == n_ctx  # refused before anything was written
+
+
+def test_llama_never_runs_past_its_context_window(tmp_path):
+    from tests.llama_layouts import write_llama
+
+    model = minigpt.load_model(write_llama(tmp_path, "byte-level"))
+    n_ctx = model.config.n_ctx
+    cfg = model.config
+    cache = KVCache.empty(cfg.n_layer, cfg.n_kv_head, n_ctx + 4, cfg.head_dim)
+    model.forward_cached(np.ones(n_ctx, dtype=np.int64), cache)
+    with pytest.raises(ValueError, match=f"go past n_ctx={n_ctx}"):
+        model.forward_cached(np.array([1]), cache)
+    assert cache.length == n_ctx
