@@ -175,7 +175,8 @@ class ChatMemory:
                        last_only: bool = False) -> np.ndarray:
         """Logits of ids, which follow window's tokens. (T,) -> (T, V), or (1, V)"""
         window += [int(i) for i in ids]
-        self.cache = self.cache or self.model.empty_cache()
+        if self.cache is None:  # the first turn: one cache for the whole window
+            self.cache = self.model.empty_cache()
         # keep the shared prefix, and at least one token to run; rows beyond
         # cache.length were never finished (Ctrl-C): they are not kept
         keep = min(shared_prefix(self.ids, window), self.cache.length,
