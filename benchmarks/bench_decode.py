@@ -45,7 +45,7 @@ from minigpt.bench import (
     time_in_turns,
     weight_bytes,
 )
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.info import machine_info
 from minigpt.kvcache import CachedGPT as GPT
 from minigpt.models import load_model

@@ -29,7 +29,7 @@ from benchmarks.common import (
     save_results,
     time_alternating,
 )
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.kvcache import CachedGPT as GPT
 from minigpt.weights import GPTConfig
 

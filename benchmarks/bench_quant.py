@@ -39,7 +39,7 @@ from benchmarks.common import (
     settle,
 )
 from minigpt.bench import measure_bandwidth, save_random_gpt2
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.info import machine_info
 from minigpt.matmul import vector_instructions
 from minigpt.models import load_model, load_tokenizer
@@ -195,7 +195,7 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
 RSS_SCRIPT = """
 import sys
 from minigpt.bench import peak_rss_bytes
-from minigpt.generate import generate
+from minigpt.generation import generate
 folder, kind, new = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if kind == "float32":  # no Numba or LLVM in this process
     from minigpt.models import load_model

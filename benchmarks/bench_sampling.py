@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import save_results, time_alternating
 from minigpt.bench import blas_threads, save_random_gpt2
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.models import load_model
 from minigpt.sampling import sample
 from minigpt.weights import GPTConfig

@@ -29,21 +29,20 @@ _EXPORTS = {
     "read_safetensors": "minigpt.weights",
     "WeightsError": "minigpt.weights",
     "load_model": "minigpt.models",
-    "LanguageModel": "minigpt.generate",
+    "generate": "minigpt.generation",
+    "LanguageModel": "minigpt.generation",
     "blas_threads": "minigpt.bench",
     "load_llama": "minigpt.llama",
     "machine_info": "minigpt.info",
     "quantize_model": "minigpt.quantize",
 }
 
-__all__ = ["__version__", "DEMO_MODEL", "DEMO_LLAMA", "generate", *_EXPORTS]
+__all__ = ["__version__", "DEMO_MODEL", "DEMO_LLAMA", *_EXPORTS]
 
 
 # --8<-- [start:lazy-exports]
 def __getattr__(name: str) -> Any:
     """minigpt.NAME, imported on first use (PEP 562): `import minigpt` stays fast."""
-    if name == "generate":  # the module, which is callable as its function
-        return importlib.import_module("minigpt.generate")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'minigpt' has no attribute {name!r}")

@@ -129,6 +129,9 @@ class CachedGPT(GPT):
     def empty_cache(self, capacity: int | None = None) -> KVCache:
         """A cache for capacity positions (None: the longest the model can read)."""
         cfg = self.config
+        if capacity is not None and not 1 <= capacity <= cfg.n_ctx:
+            raise ValueError(f"capacity {capacity}: the model has positions for "
+                             f"1 to n_ctx={cfg.n_ctx} tokens")
         return KVCache.empty(cfg.n_layer, cfg.n_head, capacity or cfg.n_ctx,
                              cfg.n_embd // cfg.n_head)
 
@@ -137,6 +140,9 @@ class CachedGPT(GPT):
         """Logits of new tokens after those in the cache. ids: (T,) -> (T, V)"""
         ids = check_ids(ids, self.config.n_ctx, self.config.vocab_size)
         cache.check_room(len(ids))
+        if cache.length + len(ids) > self.config.n_ctx:  # wpe has no row for them
+            raise ValueError(f"positions {cache.length} to {cache.length + len(ids)}"
+                             f" go past n_ctx={self.config.n_ctx}")
         return gpt2_forward_cached(ids, cache, **self.params,
                                    n_head=self.config.n_head,
                                    eps=self.config.layer_norm_epsilon,

@@ -36,6 +36,7 @@ from minigpt.model import check_ids
 from minigpt.rope import llama3_divisors, rope_angles, rope_half
 from minigpt.weights import (
     WeightsError,
+    check_fields,
     fill_params,
     read_eos_ids,
     read_json,
@@ -76,6 +77,10 @@ class LlamaConfig:
 def read_llama_config(path: str | Path) -> LlamaConfig:
     """A LlamaConfig from a Hugging Face LLaMA config.json."""
     raw = read_json(path)
+    check_fields(path, raw, ("vocab_size", "max_position_embeddings", "hidden_size",
+                             "num_hidden_layers", "num_attention_heads",
+                             "num_key_value_heads", "head_dim", "intermediate_size"),
+                 ("rms_norm_eps", "rope_theta"), ("tie_word_embeddings",))
     check_llama_supported(path, raw)
     try:
         n_head = raw["num_attention_heads"]
@@ -119,6 +124,10 @@ def check_llama_supported(path: str | Path, raw: dict) -> None:
         if raw.get(key, value) != value:
             raise WeightsError(f"{path}: {key} is {raw[key]!r}; minigpt supports "
                                f"only {value!r}")
+    for key in ("rope_parameters", "rope_scaling"):  # null, or an object
+        if not isinstance(raw.get(key) or {}, dict):
+            raise WeightsError(f"{path}: {key} must be a JSON object or null, "
+                               f"got {raw[key]!r}")
 
 
 def rope_factor(path: str | Path, raw: dict) -> float:
@@ -261,6 +270,8 @@ def llama_forward(params: dict, config: LlamaConfig, ids: np.ndarray,
     ids = check_ids(ids, config.n_ctx, config.vocab_size)
     cache.check_room(len(ids))
     start, end = cache.length, cache.length + len(ids)
+    if end > config.n_ctx:  # positions the model was never trained on
+        raise ValueError(f"positions {start} to {end} go past n_ctx={config.n_ctx}")
 
     # no position table: positions enter as rotation angles, offset by the cache
     rope = rope_angles(np.arange(start, end), config.head_dim, config.rope_theta,

@@ -6,7 +6,7 @@ A checkpoint folder in Hugging Face's layout names its architecture in
 command line and `minigpt.load_model` open any supported checkpoint, and a new
 model type is one more line in `LOADERS` (or one `register` call), with no change
 to the models or to generate(). Every loader returns a model with the interface
-of `minigpt.generate.LanguageModel`.
+of `minigpt.generation.LanguageModel`.
 
 Leaves out on purpose: remote code, and guessing a model type from tensor names
 when config.json does not give one.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from minigpt.generate import LanguageModel, Tokenizer
+from minigpt.generation import LanguageModel, Tokenizer
 from minigpt.kvcache import CachedGPT
 from minigpt.llama import load_llama
 from minigpt.model import load_gpt2
@@ -68,7 +68,7 @@ def load_model(path: str | Path) -> LanguageModel:
         from minigpt.gguf_models import load_gguf
 
         return load_gguf(folder)
-    # the weights are one file, or shards listed in an index (chapter 22)
+    # the weights are one file, or shards listed in an index (chapter 25)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
         if not any((folder / name).is_file() for name in names):

@@ -903,7 +903,9 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, scheme: str = "q8_0",
     model = quantize_model(load(src), scheme)
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():  # vocabulary, merges, tokenizer.json, model card...
-        if f.is_file() and f.name not in ("model.safetensors", "config.json"):
+        # but no float weights: not model.safetensors, its shards or their index
+        if f.is_file() and f.name != "config.json" and not \
+                f.name.endswith((".safetensors", ".safetensors.index.json")):
             shutil.copyfile(f, dst / f.name)
     raw = read_json(src / "config.json")
     raw["quantization_config"] = {"quant_method": "minigpt", "scheme": scheme}

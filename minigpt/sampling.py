@@ -1,12 +1,15 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, nucleus (top-p).
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p.
 
 Temperature follows Ackley, Hinton and Sejnowski (1985) as used in GPT-2's
 sampling script; top-k follows Fan, Lewis and Dauphin (2018); nucleus sampling
 follows Holtzman et al. (2019) and keeps exactly the tokens that transformers'
-`TopPLogitsWarper` keeps, ties included. The knobs compose in that order:
-temperature reshapes the logits, top-k and then top-p cut the tail, and one
-uniform number from a seeded `np.random.Generator` picks a token from what is
-left, so a seed gives the same choice every time.
+`TopPLogitsWarper` keeps, ties included; min-p (Nguyen et al., 2024) and the
+repetition penalty (Keskar et al., 2019) follow transformers' `MinPLogitsWarper`
+and `RepetitionPenaltyLogitsProcessor`. The knobs compose in transformers' order:
+the penalty changes the raw logits, temperature reshapes them, top-k, top-p and
+then min-p cut the tail, and one uniform number from a seeded
+`np.random.Generator` picks a token from what is left, so a seed gives the same
+choice every time.
 
 The sampler works on one vector of V logits at a time, in float32 like the model
 that made them, and never sorts all V of them: top-k and top-p first pick the few
@@ -20,7 +23,8 @@ Ties: greedy and top-k keep the lower token id among equal scores (greedy picks
 the first maximum; top-k keeps exactly k tokens). Top-p follows transformers,
 which ranks equal tokens by id the other way: at the boundary the higher ids stay.
 
-Left out on purpose: repetition penalties, min-p, beam search, and batches.
+Left out on purpose: frequency and presence penalties, typical and eta
+sampling, beam search, and batches.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import math
 
 import numpy as np
 
-__all__ = ["check_knobs", "greedy", "next_token_probs", "sample", "temperature_logits",
-           "top_k_logits", "top_p_logits"]
+__all__ = ["check_knobs", "greedy", "min_p_logits", "next_token_probs",
+           "penalize_repeats", "sample", "temperature_logits", "top_k_logits",
+           "top_p_logits"]
 
 
 # --8<-- [start:check-knobs]
@@ -47,7 +52,8 @@ def check_logits(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def check_knobs(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_knobs(temperature: float, top_k: int | None, top_p: float | None,
+                min_p: float | None = None, repetition_penalty: float = 1.0) -> None:
     """Refuse settings that mean nothing, naming the knob."""
     if not 0 <= temperature < math.inf:  # also catches NaN
         raise ValueError(f"temperature must be >= 0 and finite, got {temperature}")
@@ -56,6 +62,11 @@ def check_knobs(temperature: float, top_k: int | None, top_p: float | None) -> N
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    if not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty must be > 0 and finite, got "
+                         f"{repetition_penalty}")
 # --8<-- [end:check-knobs]
 
 
@@ -151,10 +162,38 @@ def candidates(probs: np.ndarray, p: float) -> np.ndarray:
 # --8<-- [end:top-p]
 
 
+# --8<-- [start:min-p]
+def min_p_logits(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Keep the tokens at least min_p times as likely as the best. (V,) -> (V,)"""
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()  # as transformers: compare probabilities, not logits
+    # min_p <= 1, so the most likely token always stays
+    keep = probs >= min_p * probs.max()
+    return np.where(keep, logits, -np.inf).astype(logits.dtype, copy=False)
+# --8<-- [end:min-p]
+
+
+# --8<-- [start:repetition-penalty]
+def penalize_repeats(logits: np.ndarray, seen: list[int],
+                     penalty: float) -> np.ndarray:
+    """Make every token of seen less likely: shrink a positive logit, grow a
+    negative one, both by the factor penalty. (V,) -> (V,)"""
+    if penalty == 1 or not seen:
+        return logits
+    ids = np.unique(np.asarray(seen))  # a token counts once, however often seen
+    out = np.array(logits, dtype=np.float32)  # a copy: the caller's stays as is
+    old = out[ids]
+    out[ids] = np.where(old < 0, old * penalty, old / penalty)
+    return out
+# --8<-- [end:repetition-penalty]
+
+
 # --8<-- [start:next-token-probs]
 def next_token_probs(logits: np.ndarray, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None
-                     ) -> np.ndarray:
+                     top_k: int | None = None, top_p: float | None = None,
+                     min_p: float | None = None) -> np.ndarray:
     """The distribution the sampler draws from, after every knob. (V,) -> (V,)"""
     logits = check_logits(logits)
     if temperature == 0:  # the limit T -> 0: all the mass on the greedy token
@@ -166,6 +205,8 @@ def next_token_probs(logits: np.ndarray, temperature: float = 1.0,
         logits = top_k_logits(logits, top_k)
     if top_p is not None:
         logits = top_p_logits(logits, top_p)
+    if min_p is not None:  # after top-p, as transformers orders them
+        logits = min_p_logits(logits, min_p)
     e = np.exp(logits - logits.max())  # -inf becomes exactly 0
     return e / e.sum()
 # --8<-- [end:next-token-probs]
@@ -173,13 +214,13 @@ def next_token_probs(logits: np.ndarray, temperature: float = 1.0,
 
 # --8<-- [start:sample]
 def sample(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, rng: np.random.Generator | None = None
-           ) -> int:
+           top_p: float | None = None, rng: np.random.Generator | None = None,
+           min_p: float | None = None) -> int:
     """Draw one token id from the logits, reshaped by the knobs. (V,) -> int"""
-    check_knobs(temperature, top_k, top_p)
+    check_knobs(temperature, top_k, top_p, min_p)
     if temperature == 0 or top_k == 1:
         return greedy(logits)  # no randomness: the rng is not even touched
-    probs = next_token_probs(logits, temperature, top_k, top_p)
+    probs = next_token_probs(logits, temperature, top_k, top_p, min_p)
     rng = np.random.default_rng() if rng is None else rng
     alive = np.flatnonzero(probs)  # only these can be drawn (top-k: k of them)
     # inverse CDF: the first token whose cumulative probability exceeds u

@@ -328,14 +328,51 @@ def load_tokenizer(path: str | Path) -> ByteBPE:
         if all(c in from_char for c in token):
             return bytes(from_char[c] for c in token)
         return token.encode("utf-8")  # a special token outside the alphabet
-    table = json.loads((folder / vocab_name).read_text(encoding="utf-8"))
+    table = read_vocab(folder / vocab_name)
     vocab = {i: to_bytes(tok) for tok, i in table.items()}
-    lines = (folder / merges_name).read_text(encoding="utf-8").splitlines()
-    merges = [tuple(to_bytes(t) for t in line.split(" "))
-              for line in lines if line and not line.startswith("#version")]
+    merges = read_merges(folder / merges_name, to_bytes, set(vocab.values()))
     # a token that is neither a byte nor made by a merge is special: <|endoftext|>
     made = {a + b for a, b in merges}
     special = {tok: i for tok, i in table.items()
                if len(vocab[i]) > 1 and vocab[i] not in made}
     return ByteBPE(vocab, merges, special)
 # --8<-- [end:load-tokenizer]
+
+
+# --8<-- [start:read-gpt2-files]
+class TokenizerFileError(ValueError):
+    """A vocabulary or merges file that cannot be read, naming the file and why."""
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """vocab.json: every token and its id, each id once."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise TokenizerFileError(f"{path}: not UTF-8 JSON: {exc}") from None
+    if not isinstance(table, dict) or not all(
+            type(i) is int and i >= 0 for i in table.values()):
+        raise TokenizerFileError(f"{path}: must be an object of token -> id "
+                                 f"(an integer >= 0)")
+    if len(set(table.values())) < len(table):
+        raise TokenizerFileError(f"{path}: two tokens share an id")
+    return table
+
+
+def read_merges(path: Path, to_bytes, known: set[bytes]) -> list[tuple]:
+    """merges.txt: one merge a line, two tokens whose join is in the vocabulary."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except ValueError as exc:
+        raise TokenizerFileError(f"{path}: not UTF-8 text: {exc}") from None
+    merges = []
+    for n, line in enumerate(lines, start=1):
+        if not line or line.startswith("#version"):
+            continue
+        pair = tuple(to_bytes(t) for t in line.split(" "))
+        if len(pair) != 2 or not {*pair, pair[0] + pair[-1]} <= known:
+            raise TokenizerFileError(f"{path}: line {n}: {line!r} is not two "
+                                     f"tokens of the vocabulary, one space apart")
+        merges.append(pair)
+    return merges
+# --8<-- [end:read-gpt2-files]

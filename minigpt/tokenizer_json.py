@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from minigpt.tokenizer import (
     SPACE,
     ByteBPE,
+    TokenizerFileError,
     bytes_to_unicode,
     category_ranges,
     char_class,
@@ -39,6 +39,7 @@ from minigpt.tokenizer import (
     letters_and_numbers,
 )
 from minigpt.tokenizer import load_tokenizer as load_gpt2_files
+from minigpt.weights import read_json
 
 __all__ = ["AddedToken", "JsonBPE", "TokenizerJsonError", "added_token", "bpe_word",
            "decode_chain", "load_tokenizer_json", "normalize", "pre_tokenize",
@@ -53,7 +54,7 @@ DECODERS = ("Sequence", "ByteLevel", "Metaspace", "Replace", "ByteFallback", "Fu
 
 
 # --8<-- [start:translate-regex]
-class TokenizerJsonError(ValueError):
+class TokenizerJsonError(TokenizerFileError):
     """A tokenizer.json this reader cannot follow, with the reason."""
 
 
@@ -264,6 +265,10 @@ class AddedToken:
 def added_token(entry: dict, normalizer: dict | None) -> AddedToken:
     """An added_tokens entry; a normalized one is matched (and decoded) as the
     normaliser writes it: "hello world" may be "▁hello▁world"."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("content"), str)
+            and type(entry.get("id")) is int):
+        raise TokenizerJsonError(f"added_tokens: {entry!r} needs a string content "
+                                 f"and an integer id")
     token = AddedToken(**{k: entry[k] for k in AddedToken.__annotations__
                           if k in entry})
     if token.normalized:
@@ -299,7 +304,7 @@ class JsonBPE:
     """A BPE tokenizer read from tokenizer.json: encode, decode, decode_bytes."""
 
     def __init__(self, spec: dict, config: dict | None = None):
-        model = check_model(spec["model"])
+        model = check_model(spec.get("model"))
         self.spec, self.config = spec, config or {}
         self.ids: dict[str, int] = model["vocab"]           # piece -> id
         self.added = [added_token(t, spec.get("normalizer"))
@@ -307,9 +312,7 @@ class JsonBPE:
         self.pieces = {i: p for p, i in self.ids.items()}   # id -> piece
         self.pieces.update({t.id: t.content for t in self.added})
         self.special = {t.id for t in self.added if t.special}
-        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
-        self.ranks = {(self.ids[a], self.ids[b]): (rank, self.ids[a + b])
-                      for rank, (a, b) in enumerate(merges)}
+        self.ranks = merge_ranks(model["merges"], self.ids)
         self.ignore_merges = model.get("ignore_merges", False)
         self.byte_fallback = model.get("byte_fallback", False)
         self.unk = self.ids.get(model["unk_token"]) if model.get("unk_token") else None
@@ -390,6 +393,8 @@ class JsonBPE:
 # --8<-- [start:check-model]
 def check_model(model: dict) -> dict:
     """The BPE model's fields; refuse other models and options we do not follow."""
+    if not isinstance(model, dict):
+        raise TokenizerJsonError(f"model must be a JSON object, got {model!r:.40}")
     kind = model.get("type", "BPE" if "merges" in model else None)
     if kind != "BPE":
         raise TokenizerJsonError(f"model {kind!r} is not supported: minigpt reads "
@@ -400,7 +405,26 @@ def check_model(model: dict) -> dict:
                                      f"supported")
     if model.get("dropout"):
         raise TokenizerJsonError("BPE dropout is for training; minigpt refuses it")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        raise TokenizerJsonError("model.vocab must map pieces to integer ids")
+    if not isinstance(model.get("merges"), list):
+        raise TokenizerJsonError("model.merges must be a list")
     return model
+
+
+def merge_ranks(merges: list, ids: dict[str, int]) -> dict:
+    """(id, id) -> (rank, id of the merged piece), from "a b" or ["a", "b"]."""
+    ranks = {}
+    for rank, m in enumerate(merges):
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(p, str) and p in ids for p in pair)
+                and pair[0] + pair[1] in ids):
+            raise TokenizerJsonError(f"model.merges[{rank}]: {m!r} is not two "
+                                     f"pieces of model.vocab")
+        ranks[ids[pair[0]], ids[pair[1]]] = (rank, ids[pair[0] + pair[1]])
+    return ranks
 # --8<-- [end:check-model]
 
 
@@ -503,11 +527,17 @@ def load_tokenizer_json(path: str | Path) -> JsonBPE | ByteBPE:
     without tokenizer.json, GPT-2's vocab.json + merges.txt (chapter 15)."""
     folder = Path(path)
     folder = folder if folder.is_dir() else folder.parent
-    if not (folder / "tokenizer.json").is_file():
+    file, config_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not file.is_file():
         return load_gpt2_files(folder)
-    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) \
-        if config_file.is_file() else {}
-    return JsonBPE(spec, config)
+    spec = read_json(file)  # a bad file is named: "tokenizer.json: not UTF-8 JSON"
+    config = read_json(config_file) if config_file.is_file() else {}
+    try:
+        return JsonBPE(spec, config)
+    except TokenizerJsonError as exc:  # say which file the field is in
+        raise TokenizerJsonError(f"{file}: {exc}") from None
+    except KeyError as exc:  # a step without a field it needs
+        raise TokenizerJsonError(f"{file}: field {exc} is missing") from None
+    except (TypeError, AttributeError, IndexError) as exc:
+        raise TokenizerJsonError(f"{file}: a field of the wrong type: {exc}") from None
 # --8<-- [end:load-tokenizer-json]

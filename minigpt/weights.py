@@ -192,6 +192,9 @@ def read_json(path: str | Path) -> dict:
 def read_config(path: str | Path) -> GPTConfig:
     """A GPTConfig from a Hugging Face GPT-2 config.json."""
     raw = read_json(path)
+    check_fields(path, raw, ("vocab_size", "n_positions", "n_ctx", "n_embd",
+                             "n_layer", "n_head", "n_inner"),
+                 ("layer_norm_epsilon",), ("scale_attn_weights",))
     check_supported(path, raw)
     try:
         config = GPTConfig(vocab_size=raw["vocab_size"],
@@ -207,6 +210,21 @@ def read_config(path: str | Path) -> GPTConfig:
                            f"of n_head {config.n_head}")
     return config
 # --8<-- [end:read-config]
+
+
+# --8<-- [start:check-fields]
+def check_fields(path: str | Path, raw: dict, counts: tuple[str, ...],
+                 numbers: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
+    """Refuse a field of the wrong type, by name: "n_layer": "4" is no count."""
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    for keys, ok, what in ((counts, lambda x: is_int(x) and x > 0, "an integer > 0"),
+                           (numbers, number, "a number"),
+                           (flags, lambda x: isinstance(x, bool), "true or false")):
+        for key in keys:
+            if raw.get(key) is not None and not ok(raw[key]):
+                raise WeightsError(f"{path}: {key} must be {what}, got {raw[key]!r}")
+# --8<-- [end:check-fields]
 
 
 # --8<-- [start:read-eos-ids]
@@ -228,7 +246,8 @@ def read_eos_ids(path: str | Path, raw: dict) -> tuple[int, ...]:
 def check_supported(path: str | Path, raw: dict) -> None:
     """Refuse configs that describe a model this engine would compute wrongly."""
     wanted = {"model_type": "gpt2", "activation_function": "gelu_new",
-              "tie_word_embeddings": True, "scale_attn_by_inverse_layer_idx": False}
+              "tie_word_embeddings": True, "scale_attn_by_inverse_layer_idx": False,
+              "scale_attn_weights": True, "add_cross_attention": False}
     for key, value in wanted.items():
         if raw.get(key, value) != value:
             raise WeightsError(f"{path}: {key} is {raw[key]!r}; minigpt supports "

@@ -160,3 +160,30 @@ def test_mha_rejects_bad_head_counts_and_shapes():
     with pytest.raises(ValueError, match=r"x must be \(T, C\)"):
         mha(x[None], w, p, n_head=2)
     assert mha(x, w, p, n_head=2).shape == (3, 6)
+
+
+def test_attention_equals_the_saved_pytorch_output():
+    """Without PyTorch: data/references/causal_attention.npz holds torch's
+    scaled_dot_product_attention, causal and under a boolean mask."""
+    with np.load("data/references/causal_attention.npz", allow_pickle=False) as saved:
+        q, k, v = saved["q"], saved["k"], saved["v"]
+        T = q.shape[1]
+        np.testing.assert_allclose(attention(q, k, v, causal_mask(T)),
+                                   saved["causal"], **TOL)
+        np.testing.assert_allclose(attention(q, k, v, saved["keep"]),
+                                   saved["masked"], **TOL)
+        # the mask matters: without it the answer is another one
+        assert np.abs(attention(q, k, v) - saved["causal"]).max() > 0.01
+
+
+def test_mha_equals_the_saved_transformers_output():
+    """Without PyTorch: data/references/gpt2_attention.npz holds transformers'
+    GPT2Attention with seeded weights, its input and its output."""
+    with np.load("data/references/gpt2_attention.npz", allow_pickle=False) as saved:
+        layers = {name: {"w": saved[f"{name}.weight"], "b": saved[f"{name}.bias"]}
+                  for name in ("c_attn", "c_proj")}
+        got = mha(saved["x"], **layers, n_head=int(saved["n_head"]))
+        np.testing.assert_allclose(got, saved["out"], **TOL)
+        # one head of the same width would be wrong: the head count is checked
+        one = mha(saved["x"], **layers, n_head=1)
+        assert np.abs(one - saved["out"]).max() > 1e-3

@@ -34,7 +34,7 @@ from minigpt.bench import (
     time_in_turns,
     weight_bytes,
 )
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.models import load_model
 from minigpt.weights import GPTConfig
 from tests.reference import require

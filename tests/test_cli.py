@@ -233,3 +233,130 @@ def test_threads_go_to_our_kernels_and_blas_keeps_one(checkpoint, capsys,
     real_kernel(1)
     assert "must be >= 0, got -1" in one_line_error(
         capsys, ["generate", "hi", "--model", str(checkpoint), "--threads", "-1"])
+
+
+def subcommands(parser):
+    """name -> subparser, for every command of the CLI."""
+    import argparse
+
+    action = next(a for a in parser._actions
+                  if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_shows_its_default_and_model_names_every_form():
+    from minigpt.__main__ import build_parser
+
+    for name, sub in subcommands(build_parser()).items():
+        text = "".join(sub.format_help().split())  # no line breaks, no spaces
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.dest)
+                shown = f"{action.help} (default: {action.default})"
+                assert "".join(shown.split()) in text, (name, action.dest)
+        if name in ("generate", "chat"):
+            for form in ("config.json", "model.safetensors.index.json",
+                         "tokenizer.json", "vocab.json+merges.txt", "quantize"):
+                assert form in text, (name, form)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"minigpt {minigpt.__version__}\n"
+
+
+def test_info_shows_the_version_and_the_kernels(capsys):
+    assert main(["info"]) == 0
+    rows = dict(line.split(" : ", 1) for line in capsys.readouterr().out.splitlines())
+    rows = {key.strip(): value for key, value in rows.items()}
+    assert rows["minigpt"] == minigpt.__version__
+    assert rows["float32 kernels"].startswith("BLAS")
+    assert {"int8, one thread", "int8, threads", "cores", "numpy"} <= rows.keys()
+
+
+@pytest.mark.parametrize("args, knobs", [
+    (["--repeat-penalty", "1.5", "--temperature", "0"],
+     dict(temperature=0.0, repetition_penalty=1.5)),
+    (["--min-p", "0.2", "--seed", "4"], dict(temperature=0.8, min_p=0.2, seed=4)),
+])
+def test_repeat_penalty_and_min_p_reach_generate(checkpoint, capsys, args, knobs):
+    assert main(["generate", "To be", "--model", str(checkpoint),
+                 "--max-new-tokens", "25", *args]) == 0
+    out = capsys.readouterr().out
+    assert out == expected_text(checkpoint, "To be", 25, **knobs)
+    if "repetition_penalty" in knobs:  # and it changes the greedy text
+        assert out != expected_text(checkpoint, "To be", 25, temperature=0.0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--repeat-penalty", "0"], "must be > 0, got 0"),
+    (["--min-p", "1.5"], "must be in [0, 1], got 1.5"),
+])
+def test_bad_new_knobs_are_one_line_errors(checkpoint, capsys, extra, message):
+    line = one_line_error(capsys, ["generate", "hi", "--model", str(checkpoint),
+                                   *extra])
+    assert message in line
+
+
+def test_verbose_speed_goes_to_stderr_and_the_text_to_stdout(checkpoint, capsys):
+    assert main(["generate", "To be", "--model", str(checkpoint), "--temperature",
+                 "0", "--max-new-tokens", "12", "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert out.out == expected_text(checkpoint, "To be", 12, temperature=0.0)
+    line, = out.err.splitlines()
+    n_prompt = len(minigpt.load_tokenizer(checkpoint).encode("To be"))
+    pattern = (rf"python -m minigpt: speed: prompt {n_prompt} tokens, [\d.]+ tok/s; "
+               r"new 12 tokens, [\d.]+ tok/s; first token after \d+ ms")
+    import re
+    assert re.fullmatch(pattern, line), line
+
+
+def test_the_prompt_dash_reads_standard_input(checkpoint, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be"))
+    assert main(["generate", "-", "--model", str(checkpoint), "--temperature", "0",
+                 "--max-new-tokens", "9"]) == 0
+    assert capsys.readouterr().out == expected_text(checkpoint, "To be", 9,
+                                                     temperature=0.0)
+
+
+def test_an_over_long_prompt_is_warned_about_with_the_context_size(checkpoint,
+                                                                   capsys):
+    text = "To be, or not to be " * 30  # far more than n_ctx = 64 tokens
+    assert main(["generate", text, "--model", str(checkpoint), "--temperature",
+                 "0", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == expected_text(checkpoint, text, 3, temperature=0.0)
+    line, = out.err.splitlines()
+    assert "warning" in line and "context of 64" in line
+
+
+def test_quantize_refuses_a_folder_that_is_not_empty(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # say, another checkpoint
+    line = one_line_error(capsys, ["quantize", str(checkpoint), str(out)])
+    assert str(out) in line and "--force" in line
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == "{}"  # untouched
+    assert main(["quantize", str(checkpoint), str(out), "--force"]) == 0
+    assert "saved q8_0" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is fine
+    assert main(["quantize", str(checkpoint), str(empty)]) == 0
+
+
+def test_quantizing_shards_writes_no_float_weights(tmp_path, capsys):
+    from tests.llama_layouts import write_llama
+
+    src = write_llama(tmp_path / "src", "byte-level", chat=True, shards=3)
+    assert main(["quantize", str(src), str(tmp_path / "q"), "--scheme", "int8"]) == 0
+    capsys.readouterr()
+    written = sorted(p.name for p in (tmp_path / "q").iterdir())
+    assert written == ["config.json", "generation_config.json", "model.safetensors",
+                       "tokenizer.json", "tokenizer_config.json"]
+    from minigpt.quantize import load_quantized
+
+    assert load_quantized(tmp_path / "q").config.n_layer == 2  # a whole model

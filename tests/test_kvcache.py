@@ -12,7 +12,7 @@ import pytest
 
 import minigpt
 from minigpt.attention import mha
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.kvcache import KVCache, mha_cached
 from tests.reference import require
 from tests.test_generate import hf_model, random_model
@@ -137,3 +137,32 @@ def test_one_cache_class_serves_both_models():
                          n_kv_head=1, head_dim=4, n_hidden=8)
     cache = LlamaModel(config, {}).empty_cache()
     assert type(cache) is KVCache and cache.k.shape == (1, 1, 8, 4)
+
+
+def test_the_cache_never_goes_past_the_context_window():
+    model = random_model(seed=0)
+    n_ctx = model.config.n_ctx
+    with pytest.raises(ValueError, match=f"capacity {n_ctx + 1}: .*n_ctx={n_ctx}"):
+        model.empty_cache(n_ctx + 1)
+    with pytest.raises(ValueError, match="capacity 0"):
+        model.empty_cache(0)
+    # a cache built by hand with more room still stops at the last position
+    cfg = model.config
+    cache = KVCache.empty(cfg.n_layer, cfg.n_head, n_ctx + 4, cfg.n_embd // cfg.n_head)
+    model.forward_cached(np.zeros(n_ctx, dtype=np.int64), cache)
+    with pytest.raises(ValueError, match=f"go past n_ctx={n_ctx}"):
+        model.forward_cached(np.array([1]), cache)
+    assert cache.length == n_ctx  # refused before anything was written
+
+
+def test_llama_never_runs_past_its_context_window(tmp_path):
+    from tests.llama_layouts import write_llama
+
+    model = minigpt.load_model(write_llama(tmp_path, "byte-level"))
+    n_ctx = model.config.n_ctx
+    cfg = model.config
+    cache = KVCache.empty(cfg.n_layer, cfg.n_kv_head, n_ctx + 4, cfg.head_dim)
+    model.forward_cached(np.ones(n_ctx, dtype=np.int64), cache)
+    with pytest.raises(ValueError, match=f"go past n_ctx={n_ctx}"):
+        model.forward_cached(np.array([1]), cache)
+    assert cache.length == n_ctx

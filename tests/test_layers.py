@@ -260,3 +260,19 @@ def test_ffn_uses_tanh_gelu_not_exact():
     np.testing.assert_allclose(ffn(x, c_fc, c_proj), gelu_tanh(x), rtol=1e-6)
     assert np.abs(ffn(x, c_fc, c_proj) - gelu(x)).max() > 1e-5
     assert math.isclose(float(gelu_tanh(np.float32(1.0))), 0.8411920, rel_tol=1e-6)
+
+
+def test_layer_norm_equals_the_saved_pytorch_output_even_where_eps_matters():
+    """Without PyTorch: data/references/layer_norm.npz, written by PyTorch, has
+    ordinary rows and quiet ones (variance down to 1e-7, below eps = 1e-5), where
+    eps outside the square root, or no eps, gives a visibly different result."""
+    with np.load("data/references/layer_norm.npz", allow_pickle=False) as saved:
+        eps = float(saved["eps"])
+        for x, out in (("x", "out"), ("x_quiet", "out_quiet")):
+            got = layer_norm(saved[x], saved["g"], saved["b"], eps=eps)
+            np.testing.assert_allclose(got, saved[out], rtol=1e-4, atol=1e-4)
+        x, g, b = saved["x_quiet"], saved["g"], saved["b"]
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        wrong = g * (x - mean) / (np.sqrt(var) + eps) + b  # eps outside the root
+        assert np.abs(wrong - saved["out_quiet"]).max() > 0.1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.llama import (
     LlamaConfig,
     LlamaModel,

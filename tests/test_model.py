@@ -160,7 +160,7 @@ def test_the_loader_table_names_an_unknown_model_type(tmp_path):
 
 def test_both_models_offer_the_generate_interface():
     """GPT-2 and LLaMA have every member of generate's LanguageModel protocol."""
-    from minigpt.generate import LanguageModel, ModelConfig
+    from minigpt.generation import LanguageModel, ModelConfig
     from minigpt.kvcache import CachedGPT
     from minigpt.llama import LlamaConfig, LlamaModel
     members = [m for m in vars(LanguageModel) if not m.startswith("_")]

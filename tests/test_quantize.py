@@ -20,7 +20,7 @@ import minigpt
 import minigpt.bench
 from minigpt import DEMO_MODEL
 from minigpt.__main__ import main
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.models import load_model
 from minigpt.quantize import (
     NO_NUMBA,
@@ -308,7 +308,7 @@ def test_one_thread_of_quantised_decoding_loads_neither_numba_nor_llvm(tmp_path)
     script = (
         "import sys\n"
         "from minigpt.quantize import load_quantized\n"
-        "from minigpt.generate import generate\n"
+        "from minigpt.generation import generate\n"
         f"model = load_quantized({str(tmp_path / 'q')!r})\n"
         "tokens = list(generate(model, [1, 2, 3], 4))\n"
         "loaded = [m for m in ('numba', 'llvmlite.binding') if m in sys.modules]\n"

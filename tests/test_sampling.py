@@ -18,7 +18,9 @@ import pytest
 from minigpt.sampling import (
     check_knobs,
     greedy,
+    min_p_logits,
     next_token_probs,
+    penalize_repeats,
     sample,
     top_k_logits,
     top_p_logits,
@@ -46,7 +48,8 @@ def draw_counts(logits, n=10_000, seed=0, **knobs) -> np.ndarray:
 LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 1.5, -0.3, 0.8, 0.1, -2.0])
 
 
-def torch_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
+def torch_probs(logits, temperature=1.0, top_k=None, top_p=None,
+                min_p=None) -> np.ndarray:
     """The same distribution built by transformers' logits processors."""
     torch = require("torch")
     tf = require("transformers")
@@ -57,6 +60,8 @@ def torch_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
         warpers.append(tf.TopKLogitsWarper(top_k))
     if top_p is not None:
         warpers.append(tf.TopPLogitsWarper(top_p))
+    if min_p is not None:
+        warpers.append(tf.MinPLogitsWarper(min_p))
     for warp in warpers:
         scores = warp(ids, scores)
     return torch.softmax(scores, dim=-1)[0].numpy()
@@ -67,6 +72,8 @@ def torch_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
     dict(temperature=1.0), dict(temperature=0.5), dict(temperature=2.0),
     dict(top_k=3), dict(top_k=7, temperature=0.7), dict(top_p=0.5),
     dict(top_p=0.9, temperature=1.3), dict(top_k=5, top_p=0.6),
+    dict(min_p=0.1), dict(min_p=0.3, temperature=0.6), dict(min_p=0.05, top_k=20),
+    dict(min_p=0.2, top_p=0.8, temperature=1.4), dict(min_p=1.0), dict(min_p=0.0),
 ], ids=str)
 def test_distribution_equals_transformers(knobs):
     logits = np.random.default_rng(3).standard_normal(50) * 2
@@ -210,6 +217,8 @@ def test_probs_sum_to_one_and_float32_logits_work():
     (dict(top_k=2.5), "top_k must be an integer >= 1"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(min_p=-0.1), r"min_p must be in \[0, 1\]"),
+    (dict(min_p=1.5), r"min_p must be in \[0, 1\]"),
 ])
 def test_bad_knobs_are_refused(knobs, message):
     full = {"temperature": 1.0, "top_k": None, "top_p": None, **knobs}
@@ -226,3 +235,107 @@ def test_bad_knobs_are_refused(knobs, message):
 def test_bad_logits_are_refused(logits, message):
     with pytest.raises(ValueError, match=message):
         sample(logits, temperature=1.0)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_top_p_with_thousands_of_live_tokens_equals_a_plain_sort(scale):
+    """A GPT-2-sized vocabulary with a flat head: top-p keeps thousands of
+    tokens, so the candidate pre-filter must not lose any of them. Many p, so
+    that some fall just past each threshold the pre-filter tries."""
+    rng = np.random.default_rng(7)
+    logits = (scale * rng.standard_normal(50257)).astype(np.float32)
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    ids = np.arange(logits.size)
+    order = np.lexsort((-ids, -probs))  # equal tokens: the higher id first, as
+    mass = np.cumsum(probs[order])      # transformers ranks them
+    sizes = []
+    for p in np.linspace(0.2, 0.99, 80):
+        kept = np.flatnonzero(np.isfinite(top_p_logits(logits, p)))
+        # the plain definition: sort every probability, keep the top until mass p
+        n = int(np.searchsorted(mass, p)) + 1
+        if min(abs(mass[n - 2:n] - p)) < 2e-6:
+            continue  # too close to call in float32
+        np.testing.assert_array_equal(kept, np.sort(order[:n]), err_msg=f"p={p}")
+        sizes.append(n)
+    assert max(sizes) > 2000 and len(sizes) > 40
+
+
+def penalized_reference(logits, seen, penalty):
+    """transformers' RepetitionPenaltyLogitsProcessor on the same logits."""
+    torch = require("torch")
+    tf = require("transformers")
+    scores = torch.tensor(logits, dtype=torch.float32)[None]
+    ids = torch.tensor(seen, dtype=torch.long)[None]
+    return tf.RepetitionPenaltyLogitsProcessor(penalty)(ids, scores)[0].numpy()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("penalty", [1.0, 1.1, 1.5, 0.8])
+def test_repetition_penalty_equals_transformers(penalty):
+    logits = (3 * np.random.default_rng(4).standard_normal(60)).astype(np.float32)
+    seen = [3, 7, 7, 12, 59, 0, 3, 41]  # repeats count once
+    ours = penalize_repeats(logits, seen, penalty)
+    np.testing.assert_array_equal(ours, penalized_reference(logits, seen, penalty))
+    assert logits[3] == np.float32(3 * np.random.default_rng(4).standard_normal(
+        60)[3])  # the caller's logits are not changed
+
+
+def test_repetition_penalty_by_hand():
+    logits = np.array([2.0, -2.0, 1.0, 0.0], np.float32)
+    got = penalize_repeats(logits, [0, 1, 3], 2.0)
+    np.testing.assert_array_equal(got, [1.0, -4.0, 1.0, 0.0])
+
+
+def test_min_p_keeps_tokens_by_their_ratio_to_the_best():
+    logits = np.log(np.array([0.5, 0.3, 0.1, 0.06, 0.04], np.float32))
+    kept = np.isfinite(min_p_logits(logits, 0.15))  # threshold 0.075
+    np.testing.assert_array_equal(kept, [True, True, True, False, False])
+    kept = np.isfinite(min_p_logits(logits, 0.25))  # threshold 0.125
+    np.testing.assert_array_equal(kept, [True, True, False, False, False])
+    assert np.isfinite(min_p_logits(logits, 1.0)).sum() == 1
+
+
+@pytest.mark.reference
+def test_generate_with_the_new_knobs_equals_transformers_processors():
+    """generate() with repetition_penalty and min_p samples from the
+    distribution transformers builds: penalty first, then the warpers."""
+    from tests.test_generate import random_model
+
+    torch = require("torch")
+    tf = require("transformers")
+    model = random_model(seed=2, vocab_size=40, n_ctx=32, n_embd=16)
+    prompt = [1, 5, 5, 9]
+    from minigpt.generation import generate
+
+    for knobs in (dict(repetition_penalty=1.3), dict(min_p=0.2, temperature=0.9),
+                  dict(repetition_penalty=1.2, min_p=0.1, top_k=10,
+                       temperature=0.8)):
+        tokens = list(generate(model, prompt, 6, seed=0, stop=(), **knobs))
+        seq = list(prompt)
+        for token in tokens:  # each chosen token was alive in the reference
+            logits = model.forward(np.array(seq))[-1]
+            scores = torch.tensor(logits)[None]
+            ids = torch.tensor(seq)[None]
+            if "repetition_penalty" in knobs:
+                scores = tf.RepetitionPenaltyLogitsProcessor(
+                    knobs["repetition_penalty"])(ids, scores)
+            ours = next_token_probs(scores[0].numpy(), knobs.get("temperature", 1.0)
+                                    if "temperature" in knobs else 1.0,
+                                    knobs.get("top_k"), None, knobs.get("min_p"))
+            ref = torch_probs(scores[0].numpy(), knobs.get("temperature", 1.0),
+                              knobs.get("top_k"), None, knobs.get("min_p"))
+            np.testing.assert_allclose(ours, ref, atol=1e-6)
+            assert ref[token] > 0
+            seq.append(token)
+
+
+def test_greedy_with_a_penalty_avoids_the_repeated_token():
+    from minigpt.generation import generate
+    from tests.test_generate import random_model
+
+    model = random_model(seed=2, vocab_size=40, n_ctx=32, n_embd=16)
+    plain = list(generate(model, [1, 5], 10, stop=()))
+    hard = list(generate(model, [1, 5], 10, stop=(), repetition_penalty=1e6))
+    assert len(set(plain)) < len(plain)  # this model repeats itself greedily
+    assert len(set(hard + [1, 5])) == len(hard) + 2  # no token comes back

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minigpt import DEMO_LLAMA, DEMO_MODEL
-from minigpt.generate import generate
+from minigpt.generation import generate
 from minigpt.models import load_model
 from minigpt.threads import (
     RowMatrix,

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minigpt.__main__ import DEFAULT_MODEL, build_parser  # noqa: E402
-from minigpt.generate import generate, stream_text  # noqa: E402
+from minigpt.generation import generate, stream_text  # noqa: E402
 from minigpt.models import load_model, load_tokenizer  # noqa: E402
 
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"

@@ -343,9 +343,15 @@ def _layer_norm() -> dict[str, np.ndarray]:
     g = rng.standard_normal(33).astype(np.float32)
     b = rng.standard_normal(33).astype(np.float32)
     eps = 1e-5
-    out = torch.nn.functional.layer_norm(
-        torch.from_numpy(x), (33,), torch.from_numpy(g), torch.from_numpy(b), eps=eps)
-    return {"x": x, "g": g, "b": b, "eps": np.float64(eps), "out": out.numpy()}
+    # quiet rows: variances from 1e-7 to 1e-3, where eps is felt (inside the root)
+    spread = np.array([3e-4, 1e-3, 3e-3, 1e-2, 3e-2], np.float32)[:, None]
+    quiet = (1 + spread * rng.standard_normal((5, 33))).astype(np.float32)
+    def norm(rows: np.ndarray) -> np.ndarray:
+        return torch.nn.functional.layer_norm(
+            torch.from_numpy(rows), (33,), torch.from_numpy(g), torch.from_numpy(b),
+            eps=eps).numpy()
+    return {"x": x, "g": g, "b": b, "eps": np.float64(eps), "out": norm(x),
+            "x_quiet": quiet, "out_quiet": norm(quiet)}
 
 
 @reference("softmax", needs=("torch",))
@@ -399,6 +405,40 @@ def _gpt2_block() -> dict[str, np.ndarray]:
     causal = torch.full((T, T), torch.finfo(torch.float32).min).triu(1)[None, None]
     with torch.no_grad():
         out = block(torch.from_numpy(x)[None], attention_mask=causal)[0].numpy()
+    return {**weights, "x": x, "n_head": np.int64(n_head), "out": out}
+
+
+@reference("causal_attention", needs=("torch",))
+def _causal_attention() -> dict[str, np.ndarray]:
+    """torch's scaled_dot_product_attention: causal, 2 heads, and a boolean mask."""
+    import torch
+
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((2, 6, 4)).astype(np.float32) for _ in range(3))
+    keep = rng.random((6, 6)) < 0.6
+    keep[:, 0] = True  # every query sees at least one key
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    return {"q": q, "k": k, "v": v, "keep": keep,
+            "causal": sdpa(tq, tk, tv, is_causal=True).numpy(),
+            "masked": sdpa(tq, tk, tv, attn_mask=torch.from_numpy(keep)).numpy()}
+
+
+@reference("gpt2_attention", needs=("torch", "transformers"))
+def _gpt2_attention() -> dict[str, np.ndarray]:
+    """transformers' GPT2Attention (eager, causal), seeded weights, C = 12, 3 heads."""
+    import torch
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    C, n_head, T = 12, 3, 5
+    config = GPT2Config(n_embd=C, n_head=n_head, attn_implementation="eager")
+    attn = GPT2Attention(config, layer_idx=0).eval()
+    weights = _set_parameters(attn, seed=19, C=C)
+    x = np.random.default_rng(20).standard_normal((T, C)).astype(np.float32)
+    causal = torch.full((T, T), torch.finfo(torch.float32).min).triu(1)[None, None]
+    with torch.no_grad():
+        out = attn(torch.from_numpy(x)[None], attention_mask=causal)[0][0].numpy()
     return {**weights, "x": x, "n_head": np.int64(n_head), "out": out}
 
 

@@ -20,6 +20,10 @@ Generation ends after max_new_tokens, or at a stop id: by default the
 checkpoint's end-of-text ids (`config.eos_token_ids`). `stop_text` ends streamed
 text before a stop string.
 
+The module is `minigpt.generation`, so that `minigpt.generate` can be the function
+itself (`minigpt/__init__.py` exports it): `from minigpt.generation import
+generate` and `minigpt.generate(model, ids, n)` both work, with one meaning each.
+
 Left out on purpose: batches, beam search, and keeping a fixed prefix such as a
 system prompt when the window slides.
 """
@@ -27,15 +31,13 @@ system prompt when the window slides.
 from __future__ import annotations
 
 import codecs
-import sys
-import types
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
 
 from minigpt.model import check_ids
-from minigpt.sampling import check_knobs, sample
+from minigpt.sampling import check_knobs, penalize_repeats, sample
 
 __all__ = ["LanguageModel", "ModelConfig", "Tokenizer", "generate", "stop_ids",
            "stop_text", "stream_text", "window_start"]
@@ -91,11 +93,13 @@ def window_start(n_tokens: int, start: int, n_ctx: int) -> int:
 # --8<-- [start:generate]
 def generate(model: LanguageModel, prompt_ids: Iterable[int], max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None,
+             top_p: float | None = None, min_p: float | None = None,
+             repetition_penalty: float = 1.0, seed: int | None = None,
              use_cache: bool = True, stop: int | Iterable[int] | None = None
              ) -> Iterator[int]:
     """Yield up to max_new_tokens new token ids, one at a time.
 
+    repetition_penalty > 1 makes every token seen so far less likely.
     stop: the ids that end the text (default: the model's end-of-text ids).
     Example:
         >>> ids = list(generate(model, [464, 3290], max_new_tokens=5))
@@ -105,23 +109,24 @@ def generate(model: LanguageModel, prompt_ids: Iterable[int], max_new_tokens: in
     window = check_ids(ids[-cfg.n_ctx:], cfg.n_ctx, cfg.vocab_size)  # the last n_ctx
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_knobs(temperature, top_k, top_p)
+    knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    check_knobs(**knobs, repetition_penalty=repetition_penalty)
     stops = stop_ids(stop, cfg.eos_token_ids)
     tokens = window.tolist()
     # the longest window this call can reach: a cache that long and no longer
     longest = min(cfg.n_ctx, len(tokens) + max_new_tokens)
     steps = _cached_steps(model, tokens, longest) if use_cache else \
         _uncached_steps(model, tokens)
-    return _loop(steps, tokens, max_new_tokens, stops,
-                 dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                      rng=np.random.default_rng(seed)))
+    return _loop(steps, tokens, max_new_tokens, stops, repetition_penalty,
+                 dict(knobs, rng=np.random.default_rng(seed)))
 
 
 def _loop(steps: Iterator[np.ndarray], tokens: list[int], max_new_tokens: int,
-          stops: frozenset[int], knobs: dict) -> Iterator[int]:
+          stops: frozenset[int], penalty: float, knobs: dict) -> Iterator[int]:
     """Sample from each step's logits; the new token goes into the next step."""
     for _ in range(max_new_tokens):
-        token = sample(next(steps), **knobs)  # the logits of the last position
+        logits = penalize_repeats(next(steps), tokens, penalty)  # the last position
+        token = sample(logits, **knobs)
         if token in stops:
             return  # a stop token ends the text and is not yielded
         tokens.append(token)  # the steps read this list: they see the new token
@@ -209,17 +214,3 @@ def stop_text(pieces: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
     if held:
         yield held
 # --8<-- [end:stop-text]
-
-
-# --8<-- [start:callable-module]
-class _CallableModule(types.ModuleType):
-    """This module, callable as its main function: minigpt.generate(model, ...)."""
-
-    def __call__(self, *args: object, **kwargs: object) -> Iterator[int]:
-        return generate(*args, **kwargs)
-
-
-# `import minigpt.generate as g` gives this module, as Python users expect, and
-# `minigpt.generate(...)`, the same object, still generates
-sys.modules[__name__].__class__ = _CallableModule
-# --8<-- [end:callable-module]
