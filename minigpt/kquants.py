@@ -143,10 +143,16 @@ GGML_TYPES = {0: GGMLType("F32", 1, 4, f32), 1: GGMLType("F16", 1, 2, f16),
 
 
 def dequantize(raw: np.ndarray, kind: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A tensor's bytes -> float32 of its shape, every block decoded at once."""
+    """A tensor's bytes -> float32 of its shape, a million values at a time."""
     t = GGML_TYPES[kind]
     blocks = np.asarray(raw, dtype=np.uint8).reshape(-1, t.size)  # [n, size]
-    return t.decode(blocks).reshape(shape)
+    if t.name == "F32":
+        return t.decode(blocks).reshape(shape)  # a view of the file: nothing to do
+    out = np.empty((len(blocks), t.block), np.float32)
+    step = max(1, 2**20 // t.block)  # blocks per chunk: the temporaries stay small
+    for i in range(0, len(blocks), step):
+        out[i:i + step] = t.decode(blocks[i:i + step])
+    return out.reshape(shape)
 # --8<-- [end:ggml-types]
 
 
