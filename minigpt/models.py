@@ -60,7 +60,7 @@ def register(model_type: str, loader: Loader) -> None:
 def load_model(path: str | Path) -> LanguageModel:
     """Any supported model from a folder holding config.json and model.safetensors."""
     folder = Path(path)
-    # the weights are one file, or shards listed in an index (chapter 22)
+    # the weights are one file, or shards listed in an index (chapter 25)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
         if not any((folder / name).is_file() for name in names):
