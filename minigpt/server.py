@@ -203,12 +203,9 @@ async def follow(engine: Engine, http, request: Request,
     finished = False
     try:
         while not finished:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except TimeoutError:
-                if await http.is_disconnected():
-                    return
-                continue
+            event = await events.get()
+            if await http.is_disconnected():  # asked at every event: it does not wait
+                return
             if event.finish == "error":
                 raise ApiError(500, "the engine failed", kind="server_error")
             finished = event.finish is not None

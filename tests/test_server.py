@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -171,6 +172,32 @@ def test_a_client_that_leaves_frees_its_slot(served, client):
     test_concurrent_requests_each_equal_generate_alone(served, client)  # and on
 
 
+def test_a_waiting_client_that_leaves_frees_its_slot(served):
+    """No stream: the handler notices the closed connection while it waits."""
+    engine, url = served[2], served[3]
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    body = b'{"prompt": "ROMEO:", "max_tokens": 100, "temperature": 0}'
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        start = time.perf_counter()
+        while not engine.scheduler.running:  # it has joined the batch
+            assert time.perf_counter() - start < 5
+            time.sleep(0.01)
+    assert wait_idle(engine) < 1.2  # 100 steps would take over a second
+
+
+def test_chat_prompts_get_no_second_bos():
+    from minigpt.server import encode_chat
+
+    tok = load_tokenizer(minigpt.DEMO_LLAMA)
+    ids = encode_chat(tok, "<s>user: hi</s>")
+    assert ids == tok.encode("<s>user: hi</s>", allowed_special="all",
+                             add_special_tokens=False)
+    assert ids.count(1) == 1 and ids[0] == 1  # the template's own BOS, once
+
+
 @pytest.mark.parametrize("body, status, param", [
     ('{"model": "demo", "prompt": "a"', 400, None),  # malformed JSON
     ('{"model": "demo"}', 400, "prompt"),
@@ -180,6 +207,9 @@ def test_a_client_that_leaves_frees_its_slot(served, client):
     ('{"model": "demo", "prompt": "a", "top_p": 2}', 400, "top_p"),
     ('{"model": "demo", "prompt": [1, 99999]}', 400, "prompt"),
     ('{"model": "gpt-9", "prompt": "a"}', 404, "model"),
+    ('{"model": "demo", "prompt": "a", "n": 2}', 400, "n"),
+    ('{"model": "demo", "prompt": "a", "stop": [1]}', 400, "stop"),
+    ('[1, 2]', 400, None),
     ('{"model": "demo", "prompt": "%s"}' % ("a" * 5000), 413, None),
 ])
 def test_bad_requests_get_openai_errors(served, body, status, param):
