@@ -138,6 +138,8 @@ def field(body: dict, name: str, kinds: tuple, default, ok: Callable, want: str)
 def parse_request(body: dict, request_id: str, ids: list[int], n_ctx: int,
                   default_max: int, stop_ids: frozenset = frozenset()) -> Request:
     """A Request from an OpenAI body, every field checked."""
+    if body.get("max_tokens") is None:  # the chat API's newer name for it
+        body = {**body, "max_tokens": body.get("max_completion_tokens")}
     number, room = (int, float), n_ctx - len(ids)
     if not ids or room < 1:
         raise ApiError(400, f"the prompt is {len(ids)} tokens; the model reads "

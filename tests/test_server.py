@@ -137,6 +137,9 @@ def test_chat_goes_through_the_template(served, client):
     pieces = client.chat.completions.create(model="demo", messages=messages,
                                             max_tokens=12, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in pieces) == want
+    newer = client.chat.completions.create(model="demo", messages=messages,
+                                           max_completion_tokens=12, temperature=0)
+    assert newer.choices[0].message.content == want
 
 
 def test_stop_strings_and_finish_reasons(served, client):
