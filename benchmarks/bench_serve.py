@@ -161,9 +161,27 @@ def run(quick: bool = False) -> dict:
         "step": steps, "load": load,
         "speedup": {n: load[n]["tokens_per_second"] / one for n in load},
     }
+    results["targets"] = targets(results)
     save_results("serve", results, command="python -m benchmarks serve")
     draw(results, machine_info())
     return results
+
+
+def targets(r: dict) -> dict:
+    """The serving targets, each with its measured value (where it was measured)."""
+    wanted = {"aggregate_8_clients_vs_1": ("speedup.8", 4.0, ">="),
+              "aggregate_16_clients_vs_1": ("speedup.16", 6.0, ">="),
+              "ttft_p95_8_clients_s": ("load.8.ttft_p95", 1.0, "<=")}
+    out = {}
+    for name, (key, target, sense) in wanted.items():
+        top, _, rest = key.partition(".")
+        node = r[top]
+        for part in rest.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            met = node >= target if sense == ">=" else node <= target
+            out[name] = {"measured": node, "target": f"{sense} {target}", "met": met}
+    return out
 
 
 def draw(r: dict, machine: dict) -> None:
