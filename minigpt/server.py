@@ -22,13 +22,13 @@ Leaves out on purpose: authentication (it binds 127.0.0.1 unless told otherwise)
 # no `from __future__ import annotations` here: FastAPI reads the handlers'
 # annotations as objects, and `Http` below is imported inside create_app
 import asyncio
-import itertools
 import json
 import math
 import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 from minigpt.chat import render_chat, stop_ids
@@ -262,8 +262,7 @@ def create_app(engine: Engine, tokenizer, model: str, chat: dict | None = None,
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    app, n_ctx, ids = FastAPI(title="minigpt"), engine.scheduler.model.config.n_ctx, \
-        (f"{i:08x}" for i in itertools.count())
+    app, n_ctx = FastAPI(title="minigpt"), engine.scheduler.model.config.n_ctx
 
     @app.exception_handler(ApiError)
     async def refuse(_, exc: ApiError) -> JSONResponse:
@@ -295,7 +294,7 @@ def create_app(engine: Engine, tokenizer, model: str, chat: dict | None = None,
         elif not (isinstance(prompt, list) and all(type(i) is int for i in prompt)):
             raise ApiError(400, "prompt must be a string or a list of token ids",
                            param="prompt")
-        request = parse_request(body, f"cmpl-{next(ids)}", prompt, n_ctx, 16)
+        request = parse_request(body, f"cmpl-{uuid.uuid4().hex}", prompt, n_ctx, 16)
         return await complete(engine, http, request, "text", model, body)
 
     @app.post("/v1/chat/completions")
@@ -311,11 +310,13 @@ def create_app(engine: Engine, tokenizer, model: str, chat: dict | None = None,
                 isinstance(m.get("content"), str) for m in messages)):
             raise ApiError(400, "messages must be a list of {role, content} "
                            "strings", param="messages")
-        text = render_chat(chat, messages)
-        prompt = encode_chat(tokenizer, text)
-        request = parse_request(body, f"chatcmpl-{next(ids)}", prompt, n_ctx, n_ctx,
-                                stop_ids=frozenset(stop_ids(
-                                    engine.scheduler.model, tokenizer, chat)))
+        try:
+            prompt = encode_chat(tokenizer, render_chat(chat, messages))
+        except ValueError as exc:  # the template refused them (raise_exception)
+            raise ApiError(400, str(exc), param="messages") from None
+        ends = frozenset(stop_ids(engine.scheduler.model, tokenizer, chat))
+        request = parse_request(body, f"chatcmpl-{uuid.uuid4().hex}", prompt, n_ctx,
+                                n_ctx, stop_ids=ends)
         return await complete(engine, http, request, "chat", model, body)
     return app
 # --8<-- [end:create-app]

@@ -26,7 +26,9 @@ from minigpt.paged import pool_for
 from minigpt.scheduler import Scheduler
 from tests.reference import require
 
-TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+TEMPLATE = ("{% for m in messages %}{% if m.role == 'system' %}"
+            "{{ raise_exception('no system messages') }}{% endif %}"
+            "{{ m.role }}: {{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PROMPTS = ["ROMEO:", "JULIET:\nO Romeo, Romeo, wherefore", "KING",
@@ -235,6 +237,9 @@ def test_the_client_raises_on_errors(served, client):
         plain.chat.completions.create(model="demo",
                                       messages=[{"role": "user", "content": "hi"}])
     assert plain.completions.create(model="demo", prompt="a", max_tokens=2).usage
+    with pytest.raises(openai.BadRequestError, match="chat template: no system"):
+        client.chat.completions.create(
+            model="demo", messages=[{"role": "system", "content": "hi"}])
 
 
 def test_the_command_line_serves_and_stops_on_ctrl_c():
