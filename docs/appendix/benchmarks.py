@@ -19,8 +19,18 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import SVG, display
+from matplotlib_inline.backend_inline import set_matplotlib_formats
 
 from minigpt.info import describe
+
+# Charts as SVG, 5 inches wide with 10-point text at least: readable on a phone.
+# display(fig) shows a figure whatever matplotlib's backend (the site's build
+# runs with MPLBACKEND=Agg, where plt.show() shows nothing).
+set_matplotlib_formats("svg")
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11,
+                     "xtick.labelsize": 10, "ytick.labelsize": 10,
+                     "legend.fontsize": 10})
 
 print(describe())
 
@@ -52,17 +62,19 @@ for n, g in zip(sizes, live, strict=True):
     print(f"n = {n:4d}: {g:6.1f} GFLOPS")
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.5))
+fig, ax = plt.subplots(figsize=(5, 3.5))
 ax.plot(sizes, live, marker="o")
 ax.set_xscale("log", base=2)
 ax.set_xlabel("matrix size n")
 ax.set_ylabel("GFLOPS (float32)")
 ax.set_title("np.matmul at build time")
 ax.grid(alpha=0.3)
-plt.show()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
-# ## Results from `make bench`
+# ## Stored results of the benchmarks
 #
 # Each chapter's benchmark saved its figures with the machine it ran on. The figures
 # quoted on this page come from these files:
@@ -95,8 +107,6 @@ for path in sorted(results.glob("*.json")):
 # "sums.column_over_row", ".1f") }} times as long as summing its rows.
 
 # %%
-from IPython.display import SVG, display
-
 charts = Path("docs/assets/charts")
 for name in ("matmul-ladder", "matmul-sweep", "layout-access", "layout-sums"):
     if (charts / f"{name}.svg").is_file():
@@ -116,7 +126,7 @@ for name in ("matmul-ladder", "matmul-sweep", "layout-access", "layout-sums"):
 
 # %%
 bw = json.loads((results / "bandwidth.json").read_text())["results"]
-fig, ax = plt.subplots(figsize=(6, 3.5))
+fig, ax = plt.subplots(figsize=(5, 3.5))
 mb = np.array(bw["sizes_bytes"]) / 2**20
 ax.plot(mb, bw["read_gb_s"], marker="o", label="read (matrix @ vector)")
 ax.plot(mb, bw["copy_gb_s"], marker="s", label="copy (read + write)")
@@ -126,7 +136,9 @@ ax.set_ylabel("GB/s, 1 thread")
 ax.set_ylim(bottom=0)
 ax.grid(alpha=0.3)
 ax.legend()
-plt.show()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 for threads, rates in bw["main_memory"].items():
     print(f"{threads} thread(s): " + ", ".join(f"{k} {v:.1f} GB/s"
                                             for k, v in rates.items()))
@@ -152,13 +164,15 @@ names = list(dec["decode"]) + [
     f"minigpt (no cache, {dec['decode_no_cache']['new_tokens']} tokens)"]
 rates = [d["decode_tok_s"] for d in dec["decode"].values()]
 rates.append(dec["decode_no_cache"]["decode_tok_s"])
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.barh(names, rates, color="#4a6fb8")
 ax.axvline(dec["ceiling_tok_s"], color="crimson", ls="--", label="bandwidth ceiling")
 ax.invert_yaxis()
 ax.set_xlabel(f"decode tokens/s, {dec['threads']} thread(s)")
 ax.legend()
-plt.show()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 for name, t in dec["targets"].items():
     print(f"{name:<38} measured {t['measured']:.2f}, target {t['target']}: "
           f"{'met' if t['met'] else 'NOT met'}")
@@ -168,14 +182,14 @@ for name, t in dec["targets"].items():
 # per second against the prompt's length.
 
 # %%
-fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, (a, b) = plt.subplots(2, 1, figsize=(5, 6.4))
 for name, d in dec["decode"].items():
     a.plot(np.arange(len(d["step_ms"])) + dec["prompt_tokens"] + 1,
            np.array(d["step_ms"]) * 1e3, lw=1, label=name)
 a.set_xlabel("position")
 a.set_ylabel("ms per token")
 a.set_ylim(bottom=0)
-a.legend(fontsize=8)
+a.legend()
 pre = dec["prefill"]
 for name in ("transformers", "minigpt"):
     b.plot(pre["lengths"], pre[name], marker="o", label=name)
@@ -183,8 +197,10 @@ b.set_xscale("log", base=2)
 b.set_xlabel("prompt length")
 b.set_ylabel("prompt tokens/s")
 b.set_ylim(bottom=0)
-b.legend(fontsize=8)
-plt.show()
+b.legend()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # One thread against every core (shorter runs), and the roofline: attainable
@@ -192,7 +208,7 @@ plt.show()
 # placed on it.
 
 # %%
-fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+fig, (a, b) = plt.subplots(2, 1, figsize=(5, 6.8))
 counts = list(dec["by_threads"])
 engines = list(dec["by_threads"][counts[0]]["decode"])
 y = np.arange(len(engines))
@@ -202,7 +218,7 @@ for i, n in enumerate(counts):
 a.set_yticks(y, engines)
 a.invert_yaxis()
 a.set_xlabel("decode tokens/s")
-a.legend(fontsize=8)
+a.legend()
 from minigpt.bench import forward_flops
 from minigpt.weights import GPTConfig
 
@@ -221,8 +237,10 @@ b.set_xscale("log")
 b.set_yscale("log")
 b.set_xlabel("FLOPs per byte of weights")
 b.set_ylabel("GFLOPS")
-b.legend(fontsize=7)
-plt.show()
+b.legend()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## A live measurement: the decode ceiling of this machine
@@ -267,7 +285,7 @@ for name, rate in race["tok_s"].items():
 quant = json.loads((results / "quant.json").read_text())["results"]
 schemes = list(quant["bytes_per_token"])
 y = np.arange(len(schemes))
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(5, 3.2))
 for i, n in enumerate(quant["derived"]):
     ax.barh(y + 0.4 * i - 0.2, [quant["threads"][n]["tok_s"][s] for s in schemes],
             height=0.4, label=f"{n} thread(s)")
@@ -277,8 +295,10 @@ for yy, s in zip(y, schemes, strict=True):
 ax.set_yticks(y, schemes)
 ax.invert_yaxis()
 ax.set_xlabel("decode tokens/s, GPT-2 124M shape")
-ax.legend(fontsize=8)
-plt.show()
+ax.legend()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 for name, t in quant["targets"].items():
     print(f"{name:<38} measured {t['measured']:.3f}, target {t['target']}: "
           f"{'met' if t['met'] else 'NOT met'}")
@@ -290,7 +310,7 @@ for name, t in quant["targets"].items():
 
 # %%
 memory = quant["memory"]
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(5, 3.2))
 names = list(memory)
 y = np.arange(len(names))
 ax.barh(y, [memory[k]["peak_rss_bytes"] / 1e6 for k in names], height=0.6,
@@ -300,8 +320,10 @@ ax.barh(y, [memory[k]["file_bytes"] / 1e6 for k in names], height=0.3,
 ax.set_yticks(y, names)
 ax.invert_yaxis()
 ax.set_xlabel("MB, GPT-2 124M shape")
-ax.legend(fontsize=8)
-plt.show()
+ax.legend()
+fig.tight_layout()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## Against llama.cpp (chapters 21 and 23)
