@@ -242,8 +242,8 @@ def run_serve(args: argparse.Namespace) -> None:
     from minigpt.scheduler import Scheduler
     from minigpt.server import Engine, create_app, start_server
 
-    if not args.model.is_dir():
-        raise ValueError(f"--model {args.model}: no such directory")
+    if not args.model.exists():  # a folder, or a file its loader reads
+        raise ValueError(f"--model {args.model}: no such file or directory")
     model, tokenizer = open_model(args), load_tokenizer(args.model)
     try:
         chat = read_chat_config(args.model)
