@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--dir", type=Path, default=None,
                       help="where to put it (None: ./NAME)")
     add_chat_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 
@@ -333,6 +334,58 @@ def run_quantize(args: argparse.Namespace) -> None:
 # --8<-- [end:cli-quantize]
 
 
+# --8<-- [start:cli-serve]
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """`serve`: an OpenAI-compatible HTTP server with continuous batching."""
+    serve = commands.add_parser("serve", help="serve the OpenAI API (Ctrl-C stops)",
+                                formatter_class=HELP)
+    has_demo = (DEFAULT_MODEL / "config.json").is_file()
+    add_model_options(serve, DEFAULT_MODEL if has_demo else None, required=not has_demo)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen "
+                       "on; 127.0.0.1 is this machine only")
+    serve.add_argument("--port", type=count, default=8000, help="0: any free port")
+    serve.add_argument("--max-batch", type=positive, default=8, metavar="N",
+                       help="the most requests decoded in one step")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """Load the model, start the engine and the server, wait for Ctrl-C."""
+    import importlib.util
+    if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn")):
+        raise RuntimeError("serve needs FastAPI and uvicorn: pip install "
+                           "'minigpt[serve]'")
+    from minigpt.bench import blas_threads
+    from minigpt.chat import read_chat_config
+    from minigpt.models import load_tokenizer
+    from minigpt.paged import pool_for
+    from minigpt.scheduler import Scheduler
+    from minigpt.server import Engine, create_app, start_server
+
+    if not args.model.exists():  # a folder, or a file its loader reads
+        raise ValueError(f"--model {args.model}: no such file or directory")
+    model, tokenizer = open_model(args), load_tokenizer(args.model)
+    try:
+        chat = read_chat_config(args.model)
+    except ValueError:  # no template: /v1/chat/completions answers 400
+        chat = None
+    blocks = args.max_batch * -(-model.config.n_ctx // 16)  # a full window each
+    engine = Engine(Scheduler(model, tokenizer, pool_for(model, blocks, 16),
+                              max_batch=args.max_batch))
+    name = args.model.resolve().name
+    server, thread, url = start_server(create_app(engine, tokenizer, name, chat),
+                                       args.host, args.port)
+    print(f"serving {name} on {url} (Ctrl-C stops)", flush=True)
+    try:
+        with blas_threads(args.threads or None):
+            while thread.is_alive():
+                thread.join(0.5)  # a timeout: Ctrl-C still reaches this thread
+    finally:
+        server.should_exit = True
+        thread.join()
+        engine.stop()
+# --8<-- [end:cli-serve]
+
+
 # --8<-- [start:cli-main]
 def run_download(args: argparse.Namespace) -> None:
     """Fetch a model from the hub into a folder, and say how to run it."""
@@ -391,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"info": run_info, "generate": run_generate,
                     "download": run_download, "quantize": run_quantize,
-                    "chat": run_chat}
+                    "chat": run_chat, "serve": run_serve}
         commands[args.command](args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
