@@ -33,7 +33,7 @@ import numpy as np
 from minigpt.batch import batch_forward
 from minigpt.model import check_ids
 from minigpt.paged import BlockPool, PagedCache
-from minigpt.sampling import check_knobs, sample
+from minigpt.sampling import check_knobs, penalize_repeats, sample
 
 __all__ = ["Event", "Request", "Scheduler", "Sequence", "TextStream"]
 
@@ -49,6 +49,8 @@ class Request:
     temperature: float = 0.0  # 0 is greedy
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0  # > 1: every token seen so far less likely
     seed: int | None = None  # the same seed gives the same text
     stop: tuple[str, ...] = ()  # the text ends before any of these
     stop_ids: frozenset[int] = frozenset()  # none: the model's end-of-text ids
@@ -121,7 +123,7 @@ class Scheduler:
         """Refuse a request that could never run (ValueError); reads no state."""
         cfg = self.model.config
         check_ids(np.array(r.prompt, dtype=np.int64), cfg.n_ctx, cfg.vocab_size)
-        check_knobs(r.temperature, r.top_k, r.top_p)
+        check_knobs(r.temperature, r.top_k, r.top_p, r.min_p, r.repetition_penalty)
         if r.max_tokens < 1 or len(r.prompt) + r.max_tokens > cfg.n_ctx:
             raise ValueError(f"max_tokens must be 1 to {cfg.n_ctx - len(r.prompt)} "
                              f"(the context minus the prompt), got {r.max_tokens}")
@@ -186,7 +188,8 @@ class Scheduler:
     def advance(self, seq: Sequence, logits: np.ndarray) -> Event:
         """Sample the sequence's next token, and end it if it is done."""
         r = seq.request
-        token = sample(logits, r.temperature, r.top_k, r.top_p, rng=seq.rng)
+        logits = penalize_repeats(logits, seq.tokens, r.repetition_penalty)
+        token = sample(logits, r.temperature, r.top_k, r.top_p, seq.rng, r.min_p)
         if token in seq.stop_ids:  # as in generate: not part of the text
             return self.retire(seq, seq.text.flush(), "stop")
         seq.tokens.append(token)

@@ -155,6 +155,9 @@ def parse_request(body: dict, request_id: str, ids: list[int], n_ctx: int,
                                 lambda t: 0 <= t < math.inf, "a number >= 0")),
         top_k=field(body, "top_k", (int,), None, lambda k: k >= 1, "an integer >= 1"),
         top_p=field(body, "top_p", number, None, lambda p: 0 < p <= 1, "in (0, 1]"),
+        min_p=field(body, "min_p", number, None, lambda p: 0 <= p <= 1, "in [0, 1]"),
+        repetition_penalty=float(field(body, "repetition_penalty", number, 1.0,
+                                       lambda r: 0 < r < math.inf, "a number > 0")),
         seed=field(body, "seed", (int,), None, lambda s: True, "an integer"),
         stop=tuple([stop] if isinstance(stop, str) else stop), stop_ids=stop_ids)
 # --8<-- [end:parse-request]

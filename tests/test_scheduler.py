@@ -55,10 +55,13 @@ def test_greedy_requests_equal_generate_alone(loaded, max_batch, chunk):
     assert steps < sum(len(w) for w in want.values())  # steps were shared
 
 
-def test_seeded_sampling_equals_generate(loaded):
+@pytest.mark.parametrize("knobs", [
+    dict(temperature=0.9, top_k=40, top_p=0.95),
+    dict(temperature=1.0, min_p=0.1, repetition_penalty=1.3),
+    dict(temperature=0.0, repetition_penalty=1.5)])
+def test_seeded_sampling_equals_generate(loaded, knobs):
     model, tok = loaded
     scheduler = Scheduler(model, tok, pool_for(model, 32, 8), max_batch=4)
-    knobs = dict(temperature=0.9, top_k=40, top_p=0.95)
     want = {}
     for seed in range(4):
         ids = tok.encode(PROMPTS[seed])
