@@ -174,29 +174,27 @@ def open_model(args: argparse.Namespace):
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
     if not (args.quantize or saved) and args.threads == 1:
-        return load_model(args.model)  # one BLAS thread, no numba: a faster start
-    from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
+        return load_model(args.model)  # one BLAS thread, nothing else: a faster start
+    from minigpt.threads import set_kernel_threads, threaded_model
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
     if not (args.quantize or saved):
-        if compile_dot_rows() is None:  # no numba: BLAS takes the threads
-            return load_model(args.model)
-        model = threaded_model(load_model(args.model))  # chapter 21
+        model = threaded_model(load_model(args.model))  # threads of our own
     else:
         from minigpt.quantize import load_quantized, quantize_model
 
         model = load_quantized(args.model) if saved else \
             quantize_model(load_model(args.model), args.quantize)
-    # our kernels take the threads; BLAS keeps one, so the pools never compete
+    # our threads share out every product; BLAS keeps one thread inside each
     set_kernel_threads(args.threads or None)
     args.threads = 1
     return model
 
 
 def run_quantize(args: argparse.Namespace) -> None:
-    """Write an int8 copy of a checkpoint folder (chapter 23)."""
+    """Write an int8 copy of a checkpoint folder."""
     from minigpt.quantize import quantize_checkpoint
 
     if not args.src.is_dir():
