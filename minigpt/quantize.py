@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt.machine_code import machine_code
 from minigpt.models import loader_for, registered, saved_scheme
 from minigpt.threads import TABLES, RowMatrix, as_rows, map_matrices
 from minigpt.weights import (
@@ -147,7 +146,6 @@ def quantize_model(model, scheme: str = "q8_0"):
         if rows.shape[1] % group:
             return as_rows(rows)
         return quantize_matrix(rows, scheme)
-    machine_code()  # compiled now, in a child, before any thread of ours starts
     # chapter 23's walk: tables by their rows, weights by their outputs' rows
     return replace(model, params=map_matrices(model.params, make))
 # --8<-- [end:quantize-matrix]
@@ -243,7 +241,6 @@ def load_quantized(path: str | Path):
                               source)
     if getattr(config, "tie_word_embeddings", False):  # LLaMA only
         params["lm_head"] = params["embed_tokens"].T  # tied: the table, as a head
-    machine_code()  # compiled now, in a child, before any thread of ours starts
     return loader.build(config, params)
 # --8<-- [end:load-quantized]
 

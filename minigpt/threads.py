@@ -71,8 +71,11 @@ class Crew:
 
 
 # --8<-- [start:split-rows]
-def shares(n: int, parts: int, align: int = 16) -> list[tuple[int, int]]:
-    """range(n) cut into `parts` contiguous ranges, inner edges multiples of align."""
+def shares(n: int, parts: int, align: int = 16, least: int = 64
+           ) -> list[tuple[int, int]]:
+    """range(n) cut into at most `parts` contiguous ranges of at least `least`
+    rows (but one), inner edges on multiples of align."""
+    parts = max(1, min(parts, n // least))  # a small product: quicker on one thread
     edges = [min(n, round(n * i / parts / align) * align) for i in range(parts)]
     edges.append(n)
     return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
