@@ -220,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "info":
-        from minigpt.info import describe
+        from minigpt.info import describe, kernel_report
 
         print(describe())
+        print(kernel_report())
         return 0
     try:
         commands = {"generate": run_generate, "download": run_download,
