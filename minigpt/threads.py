@@ -3,9 +3,11 @@
 Implements what chapter 21 found the BLAS library does not do well with two
 threads. A product `x @ W` is the dot products of `x` with every row of `W` stored
 as `[out, in]`, and the rows are independent, so a `Crew` of Python threads shares
-them out: each thread takes a contiguous range of rows and hands it to a kernel
-that releases the GIL (NumPy's BLAS call here; our own machine code for quantised
-weights in `kernels.py`), so the threads really run at once. The same split serves
+them out: the rows are cut into a few ranges per thread, each thread takes the
+next range as soon as it is free (so a thread that the system holds back leaves
+its share to the others) and hands it to a kernel that releases the GIL (NumPy's
+BLAS call here; our own machine code for quantised weights in `kernels.py`), so
+the threads really run at once. The same split serves
 one token (a matrix-vector product) and a whole prompt (a matrix-matrix product,
 each thread running BLAS on its rows), so a long prompt uses every thread. A
 waiting thread sleeps on a queue: it never spins against BLAS or against other
@@ -31,9 +33,9 @@ import numpy as np
 
 KERNEL_THREADS = 1  # what set_kernel_threads last asked for
 
-__all__ = ["Crew", "RowMatrix", "blas", "crew", "kernel_threads", "map_matrices",
-           "rows_matmul", "set_kernel_threads", "shares", "split_rows",
-           "threaded_model", "token_rows"]
+__all__ = ["PIECES", "Crew", "RowMatrix", "as_rows", "blas", "crew",
+           "kernel_threads", "map_matrices", "rows_matmul", "set_kernel_threads",
+           "shares", "split_rows", "threaded_model", "token_rows"]
 
 
 # --8<-- [start:crew]
@@ -41,30 +43,36 @@ class Crew:
     """n - 1 helper threads that wait on a queue; the caller is the n-th thread."""
 
     def __init__(self, n: int):
-        self.jobs, self.done = queue.SimpleQueue(), queue.SimpleQueue()
+        self.size, self.jobs = n, queue.SimpleQueue()
         for _ in range(n - 1):  # daemons: they end with the program
             threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self) -> None:
-        """A helper's life: take a job, run it, say how it went; sleep when idle."""
+        """A helper's life: take a job and run it; sleep while there is none."""
         while True:
-            job = self.jobs.get()  # blocks without using the CPU
-            try:
-                job()
-                self.done.put(None)
-            except BaseException as exc:  # noqa: BLE001 (handed to the caller)
-                self.done.put(exc)
+            self.jobs.get()()  # blocks without using the CPU
 
-    def run(self, jobs: list[Callable[[], None]]) -> None:
-        """Run every job, the first on this thread, and return when all are done."""
-        for job in jobs[1:]:
-            self.jobs.put(job)
-        errors = []
-        try:
-            jobs[0]()
-        except BaseException as exc:  # noqa: BLE001 (raised below, once all end)
-            errors.append(exc)
-        errors += [e for e in (self.done.get() for _ in jobs[1:]) if e is not None]
+    def run(self, work: Callable[[int, int], None],
+            pieces: list[tuple[int, int]]) -> None:
+        """work(a, b) for every piece, each taken by whichever thread is free
+        first; returns when all are done, raising the first error."""
+        todo, left, errors = iter(pieces), [len(pieces)], []
+        lock, finished = threading.Lock(), threading.Event()
+
+        def take() -> None:  # a list's iterator hands each piece out once
+            for a, b in todo:
+                try:
+                    work(a, b)
+                except BaseException as exc:  # noqa: BLE001 (raised by the caller)
+                    errors.append(exc)
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        finished.set()
+        for _ in range(self.size - 1):
+            self.jobs.put(take)
+        take()  # the caller works too, and takes what a late helper has not
+        finished.wait()
         if errors:
             raise errors[0]
 # --8<-- [end:crew]
@@ -87,13 +95,17 @@ def crew(n: int) -> Crew:
     return Crew(n)
 
 
+PIECES = 4  # pieces per thread: a thread the system holds back leaves few rows
+
+
 def split_rows(work: Callable[[int, int], None], n: int) -> None:
-    """work(a, b) over ranges of rows covering range(n), one range per thread."""
-    parts = shares(n, kernel_threads())
-    if len(parts) == 1:
+    """work(a, b) over ranges of rows covering range(n), on our threads."""
+    threads = kernel_threads()
+    pieces = shares(n, threads * PIECES)
+    if threads == 1 or len(pieces) == 1:
         work(0, n)  # one thread: no hand-over at all
         return
-    crew(len(parts)).run([functools.partial(work, a, b) for a, b in parts])
+    crew(threads).run(work, pieces)
 
 
 def set_kernel_threads(n: int | None) -> None:

@@ -43,28 +43,44 @@ def test_shares_cover_every_row_once_in_aligned_ranges(n, parts):
         assert len(got) == parts and max(sizes) - min(sizes) <= 16
 
 
-def test_a_crew_runs_every_job_and_hands_back_the_first_error():
+def test_a_crew_runs_every_piece_once_and_hands_back_the_first_error():
     crew = Crew(3)
     seen = []
-    crew.run([lambda i=i: seen.append(i) for i in range(5)])
-    assert sorted(seen) == [0, 1, 2, 3, 4]
+    pieces = [(i, i + 1) for i in range(20)]
+    crew.run(lambda a, b: seen.append((a, b)), pieces)
+    assert sorted(seen) == pieces
 
-    def boom():
-        raise KeyError("boom")
+    def boom(a, b):
+        if a == 3:
+            raise KeyError("boom")
     with pytest.raises(KeyError, match="boom"):
-        crew.run([lambda: None, boom, lambda: None])
-    crew.run([lambda: seen.append(9)])  # still works after an error
+        crew.run(boom, pieces[:6])
+    crew.run(lambda a, b: seen.append(9), [(0, 1)])  # still works after an error
     assert seen[-1] == 9
+
+
+def test_a_crew_does_not_wait_for_a_helper_that_is_held_up():
+    import threading
+
+    crew = Crew(2)
+    gate = threading.Event()
+    crew.jobs.put(gate.wait)  # the helper is busy, as on a loaded machine
+    seen = []
+    crew.run(lambda a, b: seen.append(a), [(i, i + 1) for i in range(8)])
+    assert sorted(seen) == list(range(8))  # the caller took every piece itself
+    gate.set()
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_split_rows_uses_the_threads_asked_for(threads):
     import threading
+    import time
 
     names = set()
 
     def work(a, b):
         names.add(threading.get_ident())
+        time.sleep(0.02)  # long enough that every thread gets a piece
     set_kernel_threads(threads)
     try:
         split_rows(work, 4096)
