@@ -13,7 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+# generate's names are imported here, not inside run_generate, so that chapter 19's
+# listing of run_generate, pasted, uses the reader's own generate and stream functions
 from minigpt import DEMO_MODEL
+from minigpt.generate import generate, stop_text, stream_text
 
 # the bundled demo model, once a later chapter ships it; until then --model is needed
 DEFAULT_MODEL = DEMO_MODEL
@@ -121,8 +124,10 @@ def add_chat_parser(commands: argparse._SubParsersAction) -> None:
     talk.add_argument("--temperature", type=temperature, default=0.7, metavar="T")
     talk.add_argument("--top-p", type=probability, default=0.9, metavar="P")
     talk.add_argument("--seed", type=int, default=None, metavar="S")
+# --8<-- [end:cli-chat]
 
 
+# --8<-- [start:cli-run-chat]
 def run_chat(args: argparse.Namespace) -> None:
     """Load an instruct model, then answer each line typed until an empty one."""
     from minigpt.chat import chat_loop, read_chat_config
@@ -135,14 +140,13 @@ def run_chat(args: argparse.Namespace) -> None:
     chat_loop(model, tokenizer, config, system=args.system,
               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
               top_p=args.top_p, seed=args.seed)
-# --8<-- [end:cli-chat]
+# --8<-- [end:cli-run-chat]
 
 
 # --8<-- [start:cli-generate]
 def run_generate(args: argparse.Namespace) -> None:
     """Load the model and tokenizer, then print the text as it is generated."""
     from minigpt.bench import blas_threads
-    from minigpt.generate import generate, stop_text, stream_text
     from minigpt.models import load_tokenizer
 
     if args.model is None:

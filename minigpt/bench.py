@@ -14,8 +14,9 @@ computes the output head for its last position only (`last_only` in
 `minigpt.kvcache`), sampling never sorts the whole vocabulary, and the command
 line runs one BLAS thread unless told otherwise.
 
-Leaves out on purpose: threads of our own, quantised weights (chapter 23), and
-hand-fused kernels (the BLAS library does the heavy lifting).
+Leaves out on purpose: threads of our own and quantised weights (each has its own
+chapter in the Going-further track), and hand-fused kernels (the BLAS library does
+the heavy lifting).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 
+# --8<-- [start:stage-timer]
 @dataclass
 class StageTimer:
     """Seconds and calls per named stage: `with timer("attention"): ...`."""
@@ -65,8 +67,10 @@ class StageTimer:
         total = sum(self.seconds.values()) or 1.0
         order = sorted(self.seconds, key=self.seconds.get, reverse=True)
         return {stage: self.seconds[stage] / total for stage in order}
+# --8<-- [end:stage-timer]
 
 
+# --8<-- [start:profile-token]
 # the functions one step of the engine spends its time in -> the stage they are
 STAGES = {"layer_norm": "layer norms", "mha_cached": "attention (qkv, scores, proj)",
           "ffn": "feed-forward (MLP)"}
@@ -96,8 +100,10 @@ def profile_token(model: CachedGPT, token: int, cache: kvcache.KVCache,
     timer.seconds["embedding + output head"] += time.perf_counter() - start - inside
     timer.calls["embedding + output head"] += 1
     return logits[0]
+# --8<-- [end:profile-token]
 
 
+# --8<-- [start:measure-bandwidth]
 def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> dict[str, float]:
     """Best GB/s of three ways to stream `megabytes` of float32 through the CPU."""
     n = megabytes * 2**20 // 4
@@ -119,8 +125,10 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> dict[str, float
             times.append(time.perf_counter() - start)
         best[name] = nbytes / min(times) / 1e9  # the least disturbed run
     return best
+# --8<-- [end:measure-bandwidth]
 
 
+# --8<-- [start:race-to-roofline]
 def race_to_roofline(model: CachedGPT, position: int = 80, rounds: int = 15) -> dict:
     """Decode steps and a memory stream, timed in turns: how near the roofline?
 
@@ -143,8 +151,10 @@ def race_to_roofline(model: CachedGPT, position: int = 80, rounds: int = 15) -> 
     return {"position": position, "rounds": rounds, "bandwidth_gb_s": gb_s,
             "ceiling_tok_s": decode_ceiling(read, gb_s),
             "tok_s": {name: 1 / t for name, t in median.items()}}
+# --8<-- [end:race-to-roofline]
 
 
+# --8<-- [start:time-in-turns]
 def time_in_turns(fns: dict[str, Callable[[], object]],
                   rounds: int) -> dict[str, float]:
     """Median seconds of each function, the functions taking turns every round."""
@@ -155,8 +165,10 @@ def time_in_turns(fns: dict[str, Callable[[], object]],
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
+# --8<-- [end:time-in-turns]
 
 
+# --8<-- [start:blas-threads]
 @contextmanager
 def blas_threads(n: int | None) -> Iterator[None]:
     """Run the block with n BLAS threads (None: leave the library's own choice).
@@ -170,8 +182,10 @@ def blas_threads(n: int | None) -> Iterator[None]:
 
     with threadpool_limits(limits=n, user_api="blas"):
         yield
+# --8<-- [end:blas-threads]
 
 
+# --8<-- [start:param-arrays]
 def param_arrays(params: dict | list) -> Iterator[np.ndarray]:
     """Every array in a nested params dict, each once."""
     items = params.values() if isinstance(params, dict) else params
@@ -185,13 +199,17 @@ def param_arrays(params: dict | list) -> Iterator[np.ndarray]:
 def weight_bytes(params: dict) -> int:
     """Bytes of all parameters: what one decode step must read from memory."""
     return sum(x.nbytes for x in param_arrays(params))
+# --8<-- [end:param-arrays]
 
 
+# --8<-- [start:float64-arrays]
 def float64_arrays(params: dict) -> list[tuple[int, ...]]:
     """Shapes of parameters that are not float32 (each would double its traffic)."""
     return [x.shape for x in param_arrays(params) if x.dtype != np.float32]
+# --8<-- [end:float64-arrays]
 
 
+# --8<-- [start:bytes-per-token]
 def bytes_per_token(config: GPTConfig, weights: int, position: int) -> int:
     """Bytes read to decode the token at `position`: weights plus cached K and V."""
     kv = 2 * config.n_layer * position * config.n_embd * 4  # float32 keys, values
@@ -200,6 +218,13 @@ def bytes_per_token(config: GPTConfig, weights: int, position: int) -> int:
     return weights - wpe_unread + kv
 
 
+def decode_ceiling(bytes_per_step: int, gb_per_s: float) -> float:
+    """The roofline for decoding: tokens/s if only moving memory took time."""
+    return gb_per_s * 1e9 / bytes_per_step
+# --8<-- [end:bytes-per-token]
+
+
+# --8<-- [start:forward-flops]
 def forward_flops(config: GPTConfig, n_params: int, tokens: int) -> int:
     """Matmul FLOPs of a pass over `tokens` tokens that scores only the last one.
 
@@ -209,13 +234,10 @@ def forward_flops(config: GPTConfig, n_params: int, tokens: int) -> int:
     head = config.vocab_size * config.n_embd
     blocks = n_params - head - config.n_ctx * config.n_embd  # with the norms
     return 2 * (blocks * tokens + head)
+# --8<-- [end:forward-flops]
 
 
-def decode_ceiling(bytes_per_step: int, gb_per_s: float) -> float:
-    """The roofline for decoding: tokens/s if only moving memory took time."""
-    return gb_per_s * 1e9 / bytes_per_step
-
-
+# --8<-- [start:peak-rss]
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (Linux VmHWM; else getrusage)."""
     try:
@@ -228,8 +250,10 @@ def peak_rss_bytes() -> int:
     import resource  # not on Windows; macOS reports bytes, Linux kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+# --8<-- [end:peak-rss]
 
 
+# --8<-- [start:save-random-gpt2]
 def save_random_gpt2(folder: str | Path, config: GPTConfig, std: float = 0.02,
                      seed: int = 0) -> Path:
     """Write a random GPT-2 of this shape as config.json + model.safetensors."""
@@ -259,3 +283,4 @@ def save_random_gpt2(folder: str | Path, config: GPTConfig, std: float = 0.02,
                 x = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
             f.write(x.astype("<f4").tobytes())
     return folder
+# --8<-- [end:save-random-gpt2]

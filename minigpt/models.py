@@ -65,22 +65,24 @@ LOADERS: dict[str, Loader] = {
 def register(model_type: str, loader: Loader) -> None:
     """Teach load_model and load_tokenizer one more model type."""
     LOADERS[model_type] = loader
+# --8<-- [end:loader-table]
 
 
+# --8<-- [start:registered-loader]
 def registered(model_type: str) -> Loader:
     """The loaders of a model type, or an error naming the ones there are."""
     if model_type not in LOADERS:
         raise WeightsError(f"model_type {model_type!r} is not supported "
                            f"(known: {', '.join(sorted(LOADERS))})")
     return LOADERS[model_type]
-# --8<-- [end:loader-table]
+# --8<-- [end:registered-loader]
 
 
 # --8<-- [start:load-any-model]
 def load_model(path: str | Path) -> LanguageModel:
     """Any supported model from a folder holding config.json and model.safetensors."""
     folder = Path(path)
-    # the weights are one file, or shards listed in an index (chapter 22)
+    # the weights are one file, or shards listed in an index (chapter 25)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
         if not any((folder / name).is_file() for name in names):

@@ -44,6 +44,7 @@ class Hub(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}  # GPT-2's, the repository most tests use
     cut_after: int | None = None  # close the next weights transfer after N bytes
     corrupt = False  # serve the weights with one byte flipped
+    ignore_range = False  # answer a Range request with the whole file (200)
     missing: set[str] = set()
     ranges: list[str | None] = []
 
@@ -94,7 +95,7 @@ class Hub(BaseHTTPRequestHandler):
             data[len(data) // 2] ^= 0xFF
         start, asked = 0, self.headers.get("Range")
         Hub.ranges.append(asked)
-        if asked:
+        if asked and not Hub.ignore_range:
             start = int(asked.removeprefix("bytes=").rstrip("-"))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/"
@@ -142,6 +143,7 @@ def hub(tiny, layouts, monkeypatch):
     Hub.repos.update({MODELS[name].repo: read_folder(folder)
                       for name, folder in layouts.items()})
     Hub.cut_after, Hub.corrupt, Hub.missing, Hub.ranges = None, False, set(), []
+    Hub.ignore_range = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -196,6 +198,17 @@ def test_interrupted_transfer_resumes_with_range(hub, tiny, tmp_path):
     download_model("gpt2", dest, progress=None)
     assert Hub.ranges == [None, f"bytes={size // 3}-"]  # the second run resumed
     same_files(tiny, dest)
+
+
+def test_a_server_that_ignores_range_is_read_from_the_start(hub, tiny, tmp_path):
+    size = len(Hub.files["model.safetensors"])
+    Hub.cut_after, Hub.ignore_range = size // 3, True
+    dest = tmp_path / "gpt2"
+    with pytest.raises(DownloadError, match="transfer failed"):
+        download_model("gpt2", dest, progress=None)
+    download_model("gpt2", dest, progress=None)  # asks for a range, gets it all
+    assert Hub.ranges == [None, f"bytes={size // 3}-"]
+    same_files(tiny, dest)  # the whole file once, not a prefix appended twice
 
 
 def test_hash_mismatch_is_refused_and_deleted(hub, tmp_path):

@@ -60,9 +60,11 @@ def page(book, text: str) -> None:
     (book.path / "docs" / "page.md").write_text(textwrap.dedent(text))
 
 
-def run(book, *args):
+def run(book, *args, coverage: bool = False):
+    """pytest on the book; the `definitions run` items only when asked for."""
+    select = () if coverage else ("-k", "not definitions")
     return book.runpytest_inprocess("-p", "tools.pages_plugin", "-p", "no:codeblocks",
-                                    "-p", "no:cacheprovider", "docs", *args)
+                                    "-p", "no:cacheprovider", "docs", *select, *args)
 
 
 def test_include_is_expanded_and_output_checked(book):
@@ -340,3 +342,58 @@ def test_a_page_that_does_not_opt_in_is_not_rendered(bound_book):
         ```
         ''')
     run(bound_book).assert_outcomes(passed=1)
+
+
+# --- A page runs the code it shows -------------------------------------------
+
+BYPASS = '''\
+    ```python
+    --8<-- "pkg/geometry.py:area"
+    ```
+
+    ```python
+    import math
+    {call}
+    ```
+    '''
+
+
+def test_a_listing_the_page_never_calls_fails(book):
+    """Shown, then bypassed (the package's copy called instead): the page fails."""
+    page(book, BYPASS.format(call="theirs = lambda r: math.pi * r * r  # a copy\n"
+                                  "    print(theirs(1.0) > 3)"))
+    result = run(book, coverage=True)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*never calls them*", "*area (page line 2)*"])
+
+
+def test_a_listing_the_page_calls_passes(book):
+    page(book, BYPASS.format(call="print(area(1.0) > 3)"))
+    run(book, coverage=True).assert_outcomes(passed=3)
+
+
+def test_a_listing_called_one_level_down_counts(book):
+    """The page's own caller reaches the page's own definition."""
+    page(book, BYPASS.format(call="def twice(r):\n        return 2 * area(r)\n"
+                                  "    print(twice(1.0) > 6)"))
+    run(book, coverage=True).assert_outcomes(passed=3)
+
+
+def test_shown_not_run_needs_a_reason_and_a_real_name(book):
+    text = BYPASS.format(call="print(1)")
+    page(book, text + "\n<!-- shown-not-run: area: read, not run -->\n")
+    run(book, coverage=True).assert_outcomes(passed=3)
+    page(book, text + "\n<!-- shown-not-run: arena: a typo -->\n")
+    run(book, coverage=True).assert_outcomes(passed=2, failed=1)
+
+
+def test_a_protocol_stub_needs_no_call(book):
+    page(book, '''\
+        ```python
+        class Model:
+            def forward(self, ids):
+                """Logits for ids."""
+                ...
+        ```
+        ''')
+    run(book, coverage=True).assert_outcomes(passed=2)

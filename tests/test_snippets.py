@@ -7,6 +7,8 @@ to a file and a section that exist.
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 from pathlib import Path
 
@@ -54,6 +56,11 @@ def includes() -> list[tuple[Path, str, str | None]]:
     return found
 
 
+def listings() -> list[tuple[Path, str, str | None]]:
+    """What pages show: the includes, and the sections notebooks carry as cells."""
+    return includes() + list(notebook_copies())
+
+
 def source_files() -> list[Path]:
     return sorted((ROOT / "minigpt").rglob("*.py"))
 
@@ -65,7 +72,7 @@ def test_the_book_includes_something():
 @pytest.mark.parametrize("path", source_files(), ids=lambda p: p.name)
 def test_every_section_is_included_by_some_page(path):
     rel = path.relative_to(ROOT).as_posix()
-    included = {(file, section) for _, file, section in includes()}
+    included = {(file, section) for _, file, section in listings()}
     if (rel, None) in included:
         return  # the whole file is on a page, every section with it
     missing = [s for s in sections_in(path) if (rel, s) not in included]
@@ -125,6 +132,37 @@ def pages() -> list[Path]:
                   and "assets" not in p.parts)
 
 
+def section_texts() -> dict[str, tuple[str, str]]:
+    """The text of every section of minigpt/ (markers left out) -> (file, section)."""
+    texts = {}
+    for path in source_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for name, numbers in section_lines(path).items():
+            body = [lines[n - 1] for n in sorted(numbers)
+                    if not MARKER.search(lines[n - 1])]
+            texts["\n".join(body).strip()] = (path.relative_to(ROOT).as_posix(), name)
+    return texts
+
+
+@functools.cache
+def notebook_copies() -> tuple[tuple[Path, str, str], ...]:
+    """(page, file, section) for each code cell of a notebook page that is, verbatim,
+    a section of minigpt/.
+
+    A notebook cannot include a snippet, so it runs a copy of the section; a section
+    counts as shown there only while some cell equals it, character for character.
+    """
+    import jupytext
+
+    texts, found = section_texts(), []
+    for page in pages():
+        if page.suffix == ".py":
+            for cell in jupytext.read(page).cells:
+                if cell.cell_type == "code" and cell.source.strip() in texts:
+                    found.append((page, *texts[cell.source.strip()]))
+    return tuple(found)
+
+
 def notebook_shown(page: Path) -> list[tuple[str, str]]:
     """(module, qualified name) of each object a notebook page prints with show()."""
     text = page.read_text(encoding="utf-8")
@@ -144,7 +182,7 @@ def notebook_shown(page: Path) -> list[tuple[str, str]]:
 def shown_lines() -> dict[str, set[int]]:
     """For each file of minigpt/, the lines that some page shows."""
     shown_at: dict[str, set[int]] = {}
-    for _, file, section in includes():
+    for _, file, section in listings():
         path = ROOT / file
         if not path.is_file():
             continue
@@ -225,7 +263,7 @@ def page_definitions(page: Path) -> dict[str, str]:
     import ast
 
     defined: dict[str, str] = {}
-    for file, section in [(f, s) for p, f, s in includes() if p == page]:
+    for file, section in [(f, s) for p, f, s in listings() if p == page]:
         path = ROOT / file
         if not path.is_file() or path.suffix != ".py":
             continue
@@ -268,13 +306,53 @@ def peeks(page: Path) -> list[str]:
     return sorted(set(found))
 
 
-@pytest.mark.parametrize("page", [p for p in pages() if p.suffix == ".md"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
 def test_a_page_runs_the_readers_code(page):
     """A page never imports from minigpt a name that its own listings define."""
     found = peeks(page)
     assert not found, (f"{page.relative_to(ROOT)} shows these and then imports the "
                        f"package's copy: {found}")
+
+
+def drifted(notebook: Path) -> list[str]:
+    """Names that a notebook defines in a cell equal to no section, although a
+    module it copies sections from defines them too: a copy gone stale."""
+    import jupytext
+
+    copies, cells = section_texts(), jupytext.read(notebook).cells
+    sources = {copies[c.source.strip()][0] for c in cells
+               if c.cell_type == "code" and c.source.strip() in copies}
+    names = {name for file in sources for name, _ in definitions(ROOT / file)
+             if "." not in name}
+    found = []
+    for cell in cells:
+        if cell.cell_type != "code" or cell.source.strip() in copies:
+            continue
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+                found.append(node.name)
+    return found
+
+
+@pytest.mark.parametrize("page", [p for p in pages() if p.suffix == ".py"],
+                         ids=lambda p: p.name)
+def test_a_notebook_copies_the_package_exactly(page):
+    """A notebook cell that defines a name of minigpt/ is a section of it, verbatim:
+    the code the notebook runs is the code the package holds."""
+    found = drifted(page)
+    assert not found, (f"{page.relative_to(ROOT)} defines {found} in cells that "
+                       f"differ from every section of minigpt/: copy the section "
+                       f"exactly, markers left out")
+
+
+def test_a_drifted_notebook_copy_is_seen(tmp_path):
+    """Change one character of a copied section and the guard names it."""
+    text, (file, name) = next((t, fs) for t, fs in section_texts().items()
+                              if t.startswith("def "))
+    defined = text.split("(")[0].removeprefix("def ")
+    notebook = tmp_path / "nb.py"
+    notebook.write_text(f"# %%\n{text}\n\n# %%\n{text.replace(':', ': ', 1)}\n")
+    assert drifted(notebook) == [defined], (file, name)
 
 
 def test_hidden_code_is_seen(tmp_path, monkeypatch):

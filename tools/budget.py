@@ -24,6 +24,12 @@ from bs4 import BeautifulSoup
 MAX_WORDS = 3000
 MAX_PYTHON_LINES = 300
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def importable() -> None:
+    """Let `tools.*` import: MkDocs loads a hook by its path, not as a package."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
 CHAPTER = re.compile(r"^chapters/\d\d-[^/]+\.(md|py)$")
 
 
@@ -92,6 +98,7 @@ def page_size(path: Path, root: Path = ROOT) -> Size:
     import markdown
     from mkdocs.config import load_config
 
+    importable()
     from tools.pages_plugin import expand, rendered, snippet_settings
 
     config = load_config(str(root / "mkdocs.yml"))

@@ -16,11 +16,16 @@ globals and never run `if __name__ == "__main__":` bodies. So this plugin:
 4. reports a failure as `docs/page.md::line N`, with the page line that raised.
 
 It also refuses what would silently not run: a python fence it cannot collect
-(```pycon, ~~~python) and a skip with no stated reason.
+(```pycon, ~~~python) and a skip with no stated reason. And after a page's blocks,
+one more item checks that every function and method the page shows was run by the
+page itself: a listing that is shown and then bypassed (the package's copy called one
+level down instead) fails as `docs/page.md::definitions run`. A page may exempt a
+definition it shows only to be read with `<!-- shown-not-run: name: why -->`.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import io
@@ -28,7 +33,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import markdown
@@ -44,6 +51,7 @@ RUNNABLE = {"python": "python", "py": "python", "python3": "python",
 UNRUNNABLE_PYTHON = {"pycon", "ipython", "ipython3", "python-repl", "pyi"}
 TILDE_PYTHON = re.compile(r"^\s*~{3,}\s*\{?\.?(python|py|python3)\b")
 SKIP_MARK = re.compile(r"pytest\.mark\.(skip|skipif|xfail)\b")
+EXEMPT = re.compile(r"<!--\s*shown-not-run:\s*([\w.]+)\s*:\s*(\S[^\n]*?)\s*-->")
 
 
 class PageError(Exception):
@@ -163,6 +171,11 @@ class PageFile(pytest.File):
                     raise PageError(f"{rel}:{lineno}: <!--{mark}--> needs a reason=")
                 item.add_marker(eval(mark, {"sys": sys, "pytest": pytest}))
             yield item
+        self.executed: set[tuple[str, int, str]] = set()
+        self.defined: list[Definition] = []
+        self.incomplete = False
+        self.exempt = dict(EXEMPT.findall(text))
+        yield PageCoverage.from_parent(self, name="definitions run")
 
 
 class PageBlock(pytest.Item):
@@ -175,6 +188,7 @@ class PageBlock(pytest.Item):
         self.filename = f"{self.parent.path.name}:block-at-line-{lineno}"
 
     def runtest(self) -> None:
+        self.parent.incomplete = True  # until this block has run to the end
         if self.block.importorskip:
             pytest.importorskip(self.block.importorskip)
         if self.language == "python":
@@ -188,14 +202,17 @@ class PageBlock(pytest.Item):
                 expected.rstrip("\n").split("\n"), output.rstrip("\n").split("\n"),
                 "shown on the page", "printed", lineterm=""))
             raise BlockFailure(f"printed output differs from the page:\n{diff}")
+        self.parent.incomplete = False
 
     def run_python(self) -> str:
         # dont_inherit: a reader's fresh session has none of this module's
         # `from __future__` flags, so neither may the page's code.
         code = compile(self.block.code, self.filename, "exec", dont_inherit=True)
+        self.parent.defined += definitions_in(self.block.code, self.filename,
+                                              self.lines)
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer), working_directory(
-                self.config.rootpath):
+                self.config.rootpath), calls_recorded(self.parent.executed):
             try:
                 exec(code, self.parent.namespace)
             except Exception as exc:
@@ -233,6 +250,115 @@ class PageBlock(pytest.Item):
 
     def reportinfo(self):
         return self.path, self.lineno - 1, self.name
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A function or method that a page's code block defines."""
+    name: str        # qualified: `KVCache.append`
+    filename: str    # the block's code object filename
+    first_line: int  # of the def or its first decorator, in the block
+    page_line: int
+
+
+def definitions_in(code: str, filename: str, lines: list[int]) -> list[Definition]:
+    """The functions and methods a block defines at its top level, stubs aside."""
+    found = []
+
+    def visit(body, prefix):
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if not is_stub(node):
+                    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                    page_line = lines[first - 1] if first - 1 < len(lines) else 0
+                    found.append(Definition(f"{prefix}{node.name}", filename,
+                                            first, page_line))
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                visit(node.body, prefix)
+
+    try:
+        visit(ast.parse(code).body, "")
+    except SyntaxError:
+        return []
+    return found
+
+
+def is_stub(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A body of only a docstring, `...` or `pass` (a Protocol's method, say)."""
+    return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(
+        s.value, ast.Constant)) for s in node.body)
+
+
+@contextlib.contextmanager
+def calls_recorded(executed: set[tuple[str, int, str]]):
+    """Record (filename, first line, name) of each page-defined code object called."""
+    prefix = ":block-at-line-"
+
+    def tracer(frame, event, arg):
+        code = frame.f_code
+        if prefix in code.co_filename:
+            executed.add((code.co_filename, code.co_firstlineno, code.co_name))
+
+    before, before_threads = sys.gettrace(), threading.gettrace()
+    sys.settrace(tracer)
+    threading.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(before)
+        threading.settrace(before_threads)
+
+
+def compiled_and_called() -> set[tuple[str, int, str]]:
+    """Page functions that Numba compiled and called: they run no Python frames."""
+    import gc
+
+    found = set()
+    for obj in gc.get_objects():
+        module = type(obj).__dict__.get("__module__") or ""
+        if not isinstance(module, str) or not module.startswith("numba."):
+            continue
+        try:
+            code, called = obj.py_func.__code__, bool(obj.signatures)
+        except Exception:  # numba objects that are not dispatchers
+            continue
+        if called:
+            found.add((code.co_filename, code.co_firstlineno, code.co_name))
+    return found
+
+
+class PageCoverage(pytest.Item):
+    """Every function and method a page shows is run by the page's own code."""
+
+    def runtest(self) -> None:
+        page = self.parent
+        if page.incomplete:
+            pytest.skip("a block of this page did not run to the end")
+        ran = page.executed | compiled_and_called()
+        missing = []
+        for d in page.defined:
+            if d.name in page.exempt:
+                continue
+            if (d.filename, d.first_line, d.name.rsplit(".", 1)[-1]) not in ran:
+                missing.append(f"{d.name} (page line {d.page_line})")
+        unused = sorted(set(page.exempt) - {d.name for d in page.defined})
+        if unused:
+            raise BlockFailure(f"shown-not-run names no definition here: {unused}")
+        if missing:
+            raise BlockFailure(
+                "the page shows these but its own code never calls them (a check "
+                "that reaches the package's copy instead?); call them, or say why "
+                "with <!-- shown-not-run: name: why -->:\n  " + "\n  ".join(missing))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, BlockFailure):
+            return f"{self.nodeid} failed\n{excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, self.name
 
 
 class BlockFailure(Exception):
