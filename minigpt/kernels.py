@@ -46,12 +46,12 @@ def quantized_matmul(x: np.ndarray, w) -> np.ndarray:
     x: (..., K), w: (K, N) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
     code = machine_code()
-    out = np.empty((w.q.shape[0], len(x2)), np.float32)  # [N, T]
+    out = np.empty((len(x2), w.q.shape[0]), np.float32)  # [T, N]
     if len(x2) == 1 and w.scheme in code and x2.shape[1] % 32 == 0:
-        split_rows(one_token(x2, w, code, out), len(out))
+        split_rows(one_token(x2, w, code, out), w.q.shape[0])
     else:
-        split_rows(tiles(x2, w, out), len(out))
-    return out.T.reshape(*x.shape[:-1], -1)  # [N, T] -> [..., N]
+        split_rows(tiles(x2, w, out), w.q.shape[0])
+    return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 
 
 def rounded(x: np.ndarray, code: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -66,12 +66,12 @@ def rounded(x: np.ndarray, code: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def one_token(x: np.ndarray, w, code: dict, out: np.ndarray) -> Callable:
-    """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (N, 1)"""
+    """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
     q = np.asarray(w.q)  # a memory map is an ndarray subclass: the plain view
     xq, xd = rounded(x, code) if w.scheme == "q8_0" else (x, None)
 
     def work(a: int, b: int) -> None:  # a call releases the GIL
-        code[w.scheme](xq, xd, q[a:b], w.d[a:b], out[a:b].T)
+        code[w.scheme](xq, xd, q[a:b], w.d[a:b], out[:, a:b])
     return work
 
 
@@ -80,13 +80,13 @@ TILE = 256  # rows dequantised at a time: 256 x 768 float32 is 768 KB, near cach
 
 def tiles(x: np.ndarray, w, out: np.ndarray) -> Callable:
     """work(a, b): rows a:b of x @ w, a tile of dequantised rows at a time
-    multiplied by BLAS. x: (T, K) float32 -> out: (N, T)"""
+    multiplied by BLAS. x: (T, K) float32 -> out: (T, N)"""
     if w.scheme == "q8_0":  # the activations rounded as the reference rounds them
         x = dequantize(*rounded(x, machine_code()))
 
     def work(a: int, b: int) -> None:
         for r in range(a, b, TILE):
             s = min(r + TILE, b)
-            blas(dequantize(w.q[r:s], w.d[r:s]), x, out[r:s])
+            blas(dequantize(w.q[r:s], w.d[r:s]), x, out[:, r:s])
     return work
 # --8<-- [end:quantized-matmul]

@@ -170,24 +170,23 @@ def token_rows(x: np.ndarray, w) -> np.ndarray:
 
 
 def blas(rows: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out = rows @ x.T by BLAS: matrix-vector for one token (x: (1, K)), else
-    matrix-matrix. rows: (n, K), x: (T, K) -> out: (n, T)"""
+    """out = x @ rows.T by BLAS: matrix-vector for one token (x: (1, K)), else
+    matrix-matrix. rows: (n, K), x: (T, K) -> out: (T, n), a view of columns"""
     if len(x) == 1:
-        np.matmul(rows, x[0], out=out[:, 0])
+        np.matmul(rows, x[0], out=out[0])
     else:
-        np.matmul(rows, x.T, out=out)
+        np.matmul(x, rows.T, out=out)
 
 
 def rows_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
     """x @ w, the rows of w shared out over the threads. x: (..., K) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K]
-    out = np.empty((w.rows.shape[0], len(x2)), np.float32)  # [N, T]: rows a:b of it
-    # are contiguous, so every thread writes its own block of memory
+    out = np.empty((len(x2), w.rows.shape[0]), np.float32)  # [T, N]
 
     def work(a: int, b: int) -> None:  # BLAS on rows a:b; it releases the GIL
-        blas(w.rows[a:b], x2, out[a:b])
-    split_rows(work, len(out))
-    return out.T.reshape(*x.shape[:-1], -1)  # [N, T] -> [..., N]
+        blas(w.rows[a:b], x2, out[:, a:b])  # each thread its own columns
+    split_rows(work, w.rows.shape[0])
+    return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 # --8<-- [end:rows-matmul]
 
 
