@@ -76,8 +76,9 @@ def kernel_report() -> str:
     """Which path multiplies quantised weights on this machine, in one line."""
     from minigpt.machine_code import machine_code  # compiles: a fraction of a second
 
+    label = f"{'kernels':<{max(len(k) for k in machine_info())}} :"  # as describe()
     if machine_code():
-        return ("kernels : our machine code (x86-64, AVX2), compiled by this "
-                "process into private memory")
-    return "kernels : NumPy on dequantised tiles (no machine code for this machine)"
+        return (f"{label} our machine code (x86-64, AVX2), compiled by this "
+                f"process into private memory")
+    return f"{label} NumPy on dequantised tiles (no machine code for this machine)"
 # --8<-- [end:kernel-report]

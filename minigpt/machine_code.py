@@ -180,8 +180,8 @@ def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
 # --8<-- [start:rows-ir]
 def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
     """void minigpt_<scheme>_rows(x, xd, q, d, out, N, K, T): out[t, n] = row n of
-    W times row t of x, for t < T and n < N. The arguments are pointers to
-    Numba's kernels' arrays, in their order, then the sizes."""
+    W times row t of x, for t < T and n < N. The arguments are pointers to the
+    arrays (xd and d: the scales), then the sizes."""
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
     ptr, fp = i8.as_pointer(), f32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
