@@ -294,29 +294,27 @@ def open_model(args: argparse.Namespace):
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
     if not (args.quantize or saved) and args.threads == 1:
-        return load_model(args.model)  # one BLAS thread, no numba: a faster start
-    from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
+        return load_model(args.model)  # one BLAS thread, nothing else: a faster start
+    from minigpt.threads import set_kernel_threads, threaded_model
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
     if not (args.quantize or saved):
-        if compile_dot_rows() is None:  # no numba: BLAS takes the threads
-            return load_model(args.model)
-        model = threaded_model(load_model(args.model))  # chapter 21
+        model = threaded_model(load_model(args.model))  # threads of our own
     else:
         from minigpt.quantize import load_quantized, quantize_model
 
         model = load_quantized(args.model) if saved else \
             quantize_model(load_model(args.model), args.quantize)
-    # our kernels take the threads; BLAS keeps one, so the pools never compete
+    # our threads share out every product; BLAS keeps one thread inside each
     set_kernel_threads(args.threads or None)
     args.threads = 1
     return model
 
 
 def run_quantize(args: argparse.Namespace) -> None:
-    """Write an int8 copy of a checkpoint folder (chapter 23)."""
+    """Write an int8 copy of a checkpoint folder."""
     from minigpt.quantize import quantize_checkpoint
 
     if not args.src.is_dir():
@@ -398,44 +396,12 @@ def run_download(args: argparse.Namespace) -> None:
 
 def run_info(args: argparse.Namespace) -> None:
     """minigpt's version, the machine (chapter 1) and the kernels it runs."""
-    from minigpt.info import describe
+    from minigpt.info import describe, kernel_report
 
-    machine = [line.split(" : ", 1) for line in describe().splitlines()]
-    rows = [("minigpt", __version__), *machine, *kernel_rows()]
+    lines = [*describe().splitlines(), kernel_report()]
+    rows = [("minigpt", __version__), *(line.split(" : ", 1) for line in lines)]
     width = max(len(key.strip()) for key, _ in rows)
     print("\n".join(f"{key.strip():<{width}} : {value}" for key, value in rows))
-
-
-def kernel_rows() -> list[tuple[str, str]]:
-    """Which matrix-product kernels run here, as the kernel layer reports them."""
-    import importlib.util
-    import warnings
-
-    numba = importlib.util.find_spec("numba") is not None
-    rows = [("float32 kernels", "BLAS" + (", Numba rows for threads" * numba))]
-    try:
-        from minigpt.quantize import pick_kernels
-        from minigpt.threads import kernel_threads, set_kernel_threads
-
-        before = kernel_threads()
-        for n, label in ((1, "int8, one thread"), (2, "int8, threads")):
-            set_kernel_threads(n)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "no numba" is said below
-                found = pick_kernels()
-            rows.append((label, ", ".join(f"{name} ({kernel_kind(k)})" for name, k
-                                          in sorted(found.items())) or "NumPy"))
-        set_kernel_threads(before)
-    except Exception as exc:  # noqa: BLE001 (info describes; it must not fail)
-        rows.append(("int8 kernels", f"unknown ({type(exc).__name__}: {exc})"))
-    return rows
-
-
-def kernel_kind(kernel: object) -> str:
-    """Who made a kernel: our own machine code, or Numba."""
-    kind = type(kernel).__name__
-    return "machine code" if kind.startswith("Machine") else \
-        "Numba" if "Dispatcher" in kind else kind
 
 
 def main(argv: list[str] | None = None) -> int:

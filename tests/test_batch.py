@@ -19,9 +19,9 @@ from minigpt.quantize import quantize_model
 RTOL = 1e-5
 
 
-def close(a: np.ndarray, b: np.ndarray) -> None:
+def close(a: np.ndarray, b: np.ndarray, rtol: float = RTOL) -> None:
     assert a.shape == b.shape
-    assert np.abs(a - b).max() <= RTOL * np.abs(b).max()
+    assert np.abs(a - b).max() <= rtol * np.abs(b).max()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "gpt2-q8_0", "llama-int8"])
@@ -31,9 +31,14 @@ def model(request):
     return quantize_model(m, scheme) if scheme else m
 
 
-def test_a_ragged_batch_equals_each_sequence_alone(model):
+def test_a_ragged_batch_equals_each_sequence_alone(model, request):
     """Prompts of 1 to 12 tokens prefill together, then decode together; alone, each
-    runs the same calls as generate: its prompt, then one token at a time."""
+    runs the same calls as generate: its prompt, then one token at a time. Q8_0
+    rounds activations, and one token runs integer dot products where a batch runs
+    BLAS on the same rounded numbers: a different order of float additions before
+    a rounding can move a value by a whole step, so there the bound is looser and
+    the greedy tokens must agree."""
+    rtol = 5e-3 if request.node.callspec.id.endswith("q8_0") else RTOL
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, model.config.vocab_size, n) for n in (3, 12, 1, 7)]
     caches = [model.empty_cache(32) for _ in prompts]
@@ -43,7 +48,8 @@ def test_a_ragged_batch_equals_each_sequence_alone(model):
         logits = batch_forward(model, chunks, caches)
         want = [model.forward_cached(c, a, last_only=True)[-1]
                 for c, a in zip(chunks, alone, strict=True)]
-        close(logits, np.stack(want))
+        close(logits, np.stack(want), rtol)
+        assert (logits.argmax(-1) == np.stack(want).argmax(-1)).all()
         chunks = [np.array([t]) for t in logits.argmax(axis=-1)]
     assert [c.length for c in caches] == [a.length for a in alone] == [7, 16, 5, 11]
 
