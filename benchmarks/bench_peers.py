@@ -6,14 +6,21 @@ llama-cpp-python source distribution on PyPI (it vendors llama.cpp with its
 fetched by pip. `llama-bench` is built with CMake once, into the git-ignored
 folder .cache/peers/ (about 10 minutes on 2 cores); later runs reuse it.
 
-The checkpoint is GPT-2 124M's shape with random weights (transformers'
+Two checkpoints with random weights: GPT-2 124M's shape (transformers'
 `GPT2LMHeadModel(GPT2Config())` after `torch.manual_seed(0)`), the one the
-decode benchmark uses, converted to GGUF F32 and Q8_0 by the vendored
-converter. Both engines generate 128 tokens from an empty context (llama-bench's
-tg128; for minigpt, one prompt token then 128 steps), at 1 and at 2 threads,
-taking turns in every round; the medians and their ratios are saved to
-benchmarks/results/peers.json with llama.cpp's commit, and drawn as
-docs/assets/charts/peers-decode.svg.
+decode benchmark uses, and TinyLlama 1.1B's shape (`LlamaForCausalLM`, 22 layers
+of width 2048, 4 key/value heads, vocabulary 32,000; the demo LLaMA's tokenizer
+files, which the converter pads to that vocabulary), each converted to GGUF F32
+and Q8_0 by the vendored converter. Two measures, at 1 and at 2 threads, the
+engines taking turns in every round: decode, 128 tokens from an empty context
+(llama-bench's tg128; for minigpt, one prompt token then 128 steps), and prefill,
+a 512-token prompt to the first new token (llama-bench's pp512; for minigpt, the
+time until `generate` yields its first token). minigpt runs as
+`generate --threads N [--quantize q8_0]` sets it up. Beside them, the peak
+resident memory of a fresh process decoding the q8_0 checkpoint. The medians and
+their ratios are saved to benchmarks/results/peers.json with llama.cpp's commit
+(GPT-2's at the top level, as before, TinyLlama's under "tinyllama"), and GPT-2's
+decode figures are drawn as docs/assets/charts/peers-decode.svg.
 
 Skipped, with the reason printed, in a --quick run, and where CMake, a C++
 compiler, PyTorch or transformers is missing, or pip cannot reach the package
@@ -22,6 +29,7 @@ index.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +57,13 @@ LLAMA_CPP_PYTHON = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CACHE = ROOT / ".cache" / "peers"
 NEW_TOKENS = 128
+PROMPT_TOKENS = 512
 THREADS = (1, 2)
+# TinyLlama-1.1B's shape (its config.json), random weights
+TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                 num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                 max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 tie_word_embeddings=False)
 # result keys (no dots, so a page can name them) -> chart labels
 LABELS = {"llamacpp_f32": "llama.cpp F32", "llamacpp_q8_0": "llama.cpp Q8_0",
           "minigpt_float32": "minigpt float32", "minigpt_q8_0": "minigpt q8_0"}
@@ -147,9 +161,24 @@ def save_checkpoint(folder: Path) -> None:
     shutil.copy(vocab / "vocab.bpe", folder / "merges.txt")
 
 
+def save_tinyllama(folder: Path, shape: dict | None = None) -> None:
+    """Random weights of TinyLlama 1.1B's shape (or another), the demo tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from minigpt import DEMO_LLAMA
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**(shape or TINYLLAMA))).eval()
+    model.save_pretrained(folder)
+    del model
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(DEMO_LLAMA) / name, folder / name)
+
+
 def convert(source: Path, checkpoint: Path, kind: str, out: Path) -> Path:
     """The checkpoint as GGUF (kind f32 or q8_0), by llama.cpp's own converter."""
-    target = out / f"gpt2-124m-{kind}.gguf"
+    target = out / f"{checkpoint.name}-{kind}.gguf"
     if not target.exists():
         env = dict(os.environ, PYTHONPATH=str(source / "gguf-py"))
         subprocess.run([sys.executable, str(source / "convert_hf_to_gguf.py"),
@@ -158,72 +187,103 @@ def convert(source: Path, checkpoint: Path, kind: str, out: Path) -> Path:
     return target
 
 
-def llama_tok_s(binary: Path, gguf: Path, threads: int) -> float:
-    """llama-bench's tg128 tokens per second, one repetition."""
+def llama_tok_s(binary: Path, gguf: Path, threads: int, prompt: int = 0) -> float:
+    """llama-bench's tokens per second, one repetition: tg128, or pp<prompt>."""
     result = subprocess.run(
-        [str(binary), "-m", str(gguf), "-p", "0", "-n", str(NEW_TOKENS),
+        [str(binary), "-m", str(gguf), "-p", str(prompt),
+         "-n", "0" if prompt else str(NEW_TOKENS),
          "-t", str(threads), "-r", "1", "-o", "json"],
         check=True, capture_output=True, text=True)
     return float(json.loads(result.stdout)[0]["avg_ts"])
 
 
-def minigpt_tok_s(model, threads: int, blas: int) -> float:
-    """minigpt.generate's tokens per second over 128 steps from one token, with
-    `threads` for our kernels and `blas` for the BLAS library."""
+def minigpt_tok_s(model, threads: int, blas: int, prompt: int = 0) -> float:
+    """minigpt.generate's tokens per second: 128 steps from one token, or a
+    prompt of `prompt` tokens to the first new one; `threads` for our kernels and
+    `blas` for the BLAS library."""
+    import numpy as np
     from threadpoolctl import threadpool_limits
 
     from minigpt import generate
     from minigpt.threads import set_kernel_threads
 
-    with threadpool_limits(limits=blas, user_api="blas"):  # Numba's pool: its own
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, prompt or 1)
+    with threadpool_limits(limits=blas, user_api="blas"):
         set_kernel_threads(threads)
         start = time.perf_counter()
-        n = sum(1 for _ in generate(model, [0], max_new_tokens=NEW_TOKENS))
-        return n / (time.perf_counter() - start)
+        if prompt:
+            next(iter(generate(model, ids.tolist(), max_new_tokens=1)))
+            n = prompt
+        else:
+            n = sum(1 for _ in generate(model, ids.tolist(), NEW_TOKENS))
+        seconds = time.perf_counter() - start
+    set_kernel_threads(1)
+    return n / seconds
 
 
-def engines(source: Path, binary: Path, work: Path) -> dict:
-    """name -> function(threads) -> tok/s, for every engine and format compared."""
+def engines(source: Path, binary: Path, checkpoint: Path, work: Path) -> dict:
+    """(name, measure) -> function(threads) -> tok/s, for every engine and format
+    compared on one checkpoint; measure is "decode" or "prefill"."""
     from minigpt import load_model
-
-    checkpoint = work / "gpt2-124m"
-    save_checkpoint(checkpoint)
-    f32 = convert(source, checkpoint, "f32", work)
-    q8_0 = convert(source, checkpoint, "q8_0", work)
-    found = {
-        "llamacpp_f32": lambda t: llama_tok_s(binary, f32, t),
-        "llamacpp_q8_0": lambda t: llama_tok_s(binary, q8_0, t),
-    }
-    model = load_model(checkpoint)
+    from minigpt.machine_code import machine_code
     from minigpt.quantize import quantize_model
-    from minigpt.threads import compile_dot_rows, threaded_model
+    from minigpt.threads import threaded_model
 
+    machine_code()  # compiled once, before any timing
+    ggufs = {kind: convert(source, checkpoint, kind, work) for kind in ("f32", "q8_0")}
+    model = load_model(checkpoint)
     # what `python -m minigpt generate --threads t` runs: BLAS alone at one
-    # thread, chapter 21's row kernel at more (where Numba is installed)
-    rows = threaded_model(model) if compile_dot_rows() else None
+    # thread, our own threads at more (BLAS keeps one inside each)
+    rows, q8 = threaded_model(model), quantize_model(model, "q8_0")
+    found = {}
+    for measure, prompt in (("decode", 0), ("prefill", PROMPT_TOKENS)):
+        for kind, gguf in ggufs.items():
+            found[f"llamacpp_{kind}", measure] = functools.partial(
+                lambda t, g, p: llama_tok_s(binary, g, t, p), g=gguf, p=prompt)
 
-    def float32_tok_s(threads: int) -> float:
-        m, blas = float32_as_cli(model, rows, threads)
-        return minigpt_tok_s(m, threads, blas)
-    found["minigpt_float32"] = float32_tok_s
-    q8 = quantize_model(model, "q8_0")
-    # the int8 kernels take the threads and BLAS keeps one, as the CLI does
-    found["minigpt_q8_0"] = lambda t: minigpt_tok_s(q8, t, blas=1)
+        def float32_tok_s(threads: int, prompt: int = prompt) -> float:
+            m, blas = float32_as_cli(model, rows, threads)
+            return minigpt_tok_s(m, threads, blas, prompt)
+        found["minigpt_float32", measure] = float32_tok_s
+        found["minigpt_q8_0", measure] = functools.partial(
+            lambda t, p: minigpt_tok_s(q8, t, 1, p), p=prompt)
     return found
 
 
-def measure(run: dict, rounds: int) -> dict[str, dict[int, float]]:
-    """Median tok/s of each engine at each thread count, engines taking turns."""
-    samples: dict[str, dict[int, list[float]]] = {
-        name: {t: [] for t in THREADS} for name in run}
+def peak_rss_q8_0(checkpoint: Path, work: Path) -> dict:
+    """Peak resident memory of a fresh process decoding the q8_0 checkpoint."""
+    from benchmarks.bench_quant import peak_rss
+    from minigpt.quantize import quantize_checkpoint
+
+    folder = quantize_checkpoint(checkpoint, work / f"{checkpoint.name}-minigpt-q8_0")
+    return peak_rss(folder, "q8_0", 16)
+
+
+def measure(run: dict, rounds: int) -> dict[str, dict[str, dict[int, float]]]:
+    """measure -> name -> threads -> median tok/s, engines taking turns."""
+    samples: dict = {key: {t: [] for t in THREADS} for key in run}
     for r in range(rounds):
         for threads in THREADS:
-            for name, tok_s in run.items():
+            for key, tok_s in run.items():
                 settle()  # each from idle thread pools
-                samples[name][threads].append(tok_s(threads))
+                samples[key][threads].append(tok_s(threads))
         print(f"[peers] round {r + 1}/{rounds} done", flush=True)
-    return {name: {t: statistics.median(v) for t, v in by.items()}
-            for name, by in samples.items()}
+    out: dict = {}
+    for (name, kind), by in samples.items():
+        out.setdefault(kind, {})[name] = {t: statistics.median(v)
+                                          for t, v in by.items()}
+    return out
+
+
+def figures(tok_s: dict, rss: dict) -> dict:
+    """One checkpoint's results: decode and prefill tok/s, their ratios, memory."""
+    return {"tok_s": as_keys(tok_s["decode"]), "ratios": ratios(tok_s["decode"]),
+            "prefill_tok_s": as_keys(tok_s["prefill"]),
+            "prefill_ratios": ratios(tok_s["prefill"]), "q8_0_memory": rss}
+
+
+def as_keys(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    return {name: {str(t): v for t, v in by.items()} for name, by in tok_s.items()}
 
 
 def ratios(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
@@ -276,21 +336,29 @@ def run(quick: bool = False) -> None:
     try:
         source = fetch_sources()
         binary = build_llama_bench(source)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            tok_s = measure(engines(source, binary, work), rounds=1 if quick else 3)
+        found = {}
+        for name, save in (("gpt2-124m", save_checkpoint),
+                           ("tinyllama-1.1b", save_tinyllama)):
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                save(work / name)
+                tok_s = measure(engines(source, binary, work / name, work), rounds=3)
+                found[name] = figures(tok_s, peak_rss_q8_0(work / name, work))
     except Skip as why:
         print(f"[peers] skipped: {why}")
         return
     results = {
         "model": "GPT-2 124M shape, random weights",
         "new_tokens": NEW_TOKENS,
-        "rounds": 1 if quick else 3,
+        "prompt_tokens": PROMPT_TOKENS,
+        "rounds": 3,
         "llama_cpp": {"llama_cpp_python": LLAMA_CPP_PYTHON,
                       "commit": llama_cpp_commit(), "sdist_sha256": SDIST_SHA256},
-        "tok_s": {name: {str(t): v for t, v in by.items()}
-                  for name, by in tok_s.items()},
-        "ratios": ratios(tok_s),
+        **found["gpt2-124m"],
+        "tinyllama": {"model": "TinyLlama 1.1B shape, random weights",
+                      **found["tinyllama-1.1b"]},
     }
     path = save_results("peers", results, command="python -m benchmarks peers")
-    draw(tok_s, json.loads(path.read_text())["machine"])
+    decode = {n: {int(t): v for t, v in by.items()}
+              for n, by in results["tok_s"].items()}
+    draw(decode, json.loads(path.read_text())["machine"])

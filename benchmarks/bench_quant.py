@@ -41,19 +41,15 @@ from benchmarks.common import (
 from minigpt.bench import measure_bandwidth, save_random_gpt2
 from minigpt.generation import generate
 from minigpt.info import machine_info
-from minigpt.matmul import vector_instructions
+from minigpt.machine_code import compile_object, kernels_ir, machine_code
 from minigpt.models import load_model, load_tokenizer
 from minigpt.quantize import (
     QuantMatrix,
-    compile_kernels,
-    compile_object,
-    kernels_ir,
     load_quantized,
-    machine_code,
     quantize_checkpoint,
     quantize_model,
 )
-from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
+from minigpt.threads import set_kernel_threads, threaded_model
 from minigpt.weights import GPTConfig
 
 SCHEMES = ("q8_0", "int8")
@@ -160,12 +156,12 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
     """Every variant once per round and thread count, the bandwidth first.
 
     Each variant runs as the command line runs it: float32 on one BLAS thread, or
-    on more through chapter 21's row kernel; the int8 kernels take the threads and
-    leave BLAS one. Beside each decode, the step's matrix products alone.
+    on more through chapter 23's threads; the quantised kernels take our threads
+    and leave BLAS one. Beside each decode, the step's matrix products alone.
     """
     vocab = next(iter(models.values())).config.vocab_size
     prompt = np.random.default_rng(0).integers(0, vocab, PROMPT).tolist()
-    rows = threaded_model(models["float32"]) if compile_dot_rows() else None
+    rows = threaded_model(models["float32"])
     out = {n: {"bandwidth": [], **{k: [] for k in models}} for n in threads}
     alone = {n: {k: [] for k in models} for n in threads}
     tokens = {}
@@ -175,7 +171,7 @@ def speed_rounds(models: dict, new: int, rounds: int, threads: list[int]) -> dic
             with threadpool_limits(n, user_api="blas"):
                 out[n]["bandwidth"].append(max(measure_bandwidth(256, 3).values()))
             for name, m in models.items():
-                # the int8 kernels take the threads and leave BLAS one
+                # our threads split every product and leave BLAS one
                 m, blas = float32_as_cli(m, rows, n) if name == "float32" else (m, 1)
                 settle()  # each from idle thread pools
                 with threadpool_limits(blas, user_api="blas"):
@@ -197,16 +193,16 @@ import sys
 from minigpt.bench import peak_rss_bytes
 from minigpt.generation import generate
 folder, kind, new = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if kind == "float32":  # no Numba or LLVM in this process
+if kind == "float32":  # no LLVM in this process
     from minigpt.models import load_model
     model = load_model(folder)
 else:
-    if kind == "numpy":  # as if Numba (and its llvmlite) were not installed
-        sys.modules["numba"] = sys.modules["llvmlite"] = None
+    if kind == "numpy":  # as if llvmlite were not installed: no machine code
+        sys.modules["llvmlite"] = None
     from minigpt.quantize import load_quantized
     from minigpt.threads import set_kernel_threads
     model = load_quantized(folder)
-    set_kernel_threads(2 if kind == "numba" else 1)
+    set_kernel_threads(2 if kind == "2 threads" else 1)
 base = peak_rss_bytes()
 list(generate(model, list(range(16)), new))
 print(peak_rss_bytes(), base)
@@ -224,31 +220,12 @@ def peak_rss(folder: Path, kind: str, new: int) -> dict:
 
 
 def kernel_code() -> dict:
-    """Packed instructions in each kernel (chapter 6's check), compiled afresh:
-    Numba keeps no assembly for code it loaded from its cache."""
-    from numba import njit
-
-    from minigpt.quantize import int8_rows, q8_0_rows
-    rng = np.random.default_rng(0)
-    q = rng.integers(-127, 128, (8, 64), dtype=np.int8)
-    x = rng.standard_normal((1, 64), dtype=np.float32)
-    out = np.empty((1, 8), np.float32)
-    d = np.ones((8, 2), np.float32)
-    q8, i8 = (njit(parallel=True, fastmath=True)(f) for f in (q8_0_rows, int8_rows))
-    q8(x, q, d, out)
-    i8(x, q, d[:, :1], out)
-    found = {"q8_0": vector_instructions(q8), "int8": vector_instructions(i8)}
-    if "q8_0 integer" in compile_kernels():  # x86 with AVX2
-        from minigpt.quantize import q8_0_rows_int
-        qi = njit(parallel=True)(q8_0_rows_int)
-        qi(np.ones((1, 64), np.int16), np.ones((1, 2), np.float32), q, d, out)
-        asm = "\n".join(qi.inspect_asm().values())
-        found["q8_0 integer"] = {"vpmaddwd": asm.count("vpmaddwd")}
-    if machine_code():  # our own machine code: the same IR, read as assembly
-        asm = compile_object(kernels_ir(), assembly=True).decode()
-        found["machine code"] = {k: asm.count(k) for k in ("vpmaddwd", "vfmadd",
-                                                            "prefetch")}
-    return found
+    """Instructions in our machine code, read as assembly (LLVM prints it)."""
+    if not machine_code():
+        return {}
+    asm = compile_object(kernels_ir(), assembly=True).decode()
+    return {"machine code": {k: asm.count(k) for k in ("vpmaddwd", "vfmadd",
+                                                        "prefetch")}}
 
 
 def demo_accuracy(windows: int | None, new: int) -> dict:
@@ -294,8 +271,8 @@ def run(quick: bool = False) -> dict:
                              ("float32", *SCHEMES)}
         results["memory"]["q8_0 (NumPy path)"] = peak_rss(Path(tmp) / "q8_0",
                                                           "numpy", 4)
-        results["memory"]["q8_0 (Numba, 2 threads)"] = peak_rss(
-            Path(tmp) / "q8_0", "numba", new)
+        results["memory"]["q8_0 (2 threads)"] = peak_rss(
+            Path(tmp) / "q8_0", "2 threads", new)
         del models, model
     results["targets"] = targets(results)
     save_results("quant", results, command="python -m benchmarks quant")

@@ -1,4 +1,4 @@
-"""Threads for decoding: BLAS at 1 or 2, and our row kernel at 2, as found and busy.
+"""Threads for decoding: BLAS at 1 or 2, and our own threads at 2, as found and busy.
 
 python -m benchmarks threads [--quick]. A model of GPT-2 124M's shape with random
 weights (memory-mapped, as `minigpt.load_model` reads any checkpoint). One decode
@@ -11,10 +11,12 @@ CPU, as other programs do on a shared machine. The load average of the minute
 before each condition is recorded with it.
 
 The third variant is what `--threads 2` runs: `minigpt.threads.threaded_model`,
-whose one-token products are chapter 21's row kernel on two Numba threads, with
-BLAS held to one. The command line's default (`--threads`, minigpt/__main__.py
-DEFAULT_THREADS) is chosen from these figures; chapter 21 shows them. Writes
-benchmarks/results/threads.json and the chart decode-threads-load.
+whose products are split by rows over two plain Python threads (chapter 23), each
+calling BLAS held to one thread. Then the same for Q8_0 (`--quantize q8_0`) at one
+and two of our threads. The command line's default (`--threads`,
+minigpt/__main__.py DEFAULT_THREADS) is chosen from these figures; chapters 21 and
+23 show them. Writes benchmarks/results/threads.json and the chart
+decode-threads-load.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ from benchmarks.common import (
 from minigpt.bench import blas_threads, save_random_gpt2
 from minigpt.info import machine_info
 from minigpt.models import load_model
-from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
+from minigpt.quantize import quantize_model
+from minigpt.threads import set_kernel_threads, threaded_model
 from minigpt.weights import GPTConfig
 
 POSITION = 80
 COUNTS = (1, 2)
-ROWS = "rows_2"  # our row kernel on 2 threads, BLAS on 1
-LABELS = {"1": "1 BLAS thread", "2": "2 BLAS threads", ROWS: "row kernel, 2 threads"}
+ROWS = "rows_2"  # our own 2 threads, BLAS on 1 inside each
+LABELS = {"1": "1 BLAS thread", "2": "2 BLAS threads", ROWS: "our 2 threads",
+          "q8_0_1": "q8_0, 1 thread", "q8_0_2": "q8_0, our 2 threads"}
 
 
 def spin(stop) -> None:
@@ -107,19 +111,20 @@ def products_ms(model, threads: int, steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def measure(model, rows, rounds: int, steps: int) -> dict:
-    """Median step of each variant; rows is the threaded model (None: no numba)."""
+def measure(model, rows, q8, rounds: int, steps: int) -> dict:
+    """Median step of each variant: the float model on BLAS threads, the threaded
+    model (rows) and the quantised one (q8) on our threads, BLAS on one."""
     cache = model.empty_cache()
     model.forward_cached(np.arange(POSITION), cache, last_only=True)
-    variants = {str(n): (model, n) for n in COUNTS}
-    if rows is not None:
-        variants[ROWS] = (rows, 1)
+    # name -> (model, BLAS threads, our threads)
+    variants = {str(n): (model, n, 1) for n in COUNTS}
+    variants |= {ROWS: (rows, 1, 2), "q8_0_1": (q8, 1, 1), "q8_0_2": (q8, 1, 2)}
     runs: dict[str, list[float]] = {name: [] for name in variants}
     alone: dict[str, list[float]] = {name: [] for name in variants}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    set_kernel_threads(2)
     for _ in range(rounds):
-        for name, (m, blas) in variants.items():  # the variants take turns
+        for name, (m, blas, ours) in variants.items():  # the variants take turns
+            set_kernel_threads(ours)
             settle()  # each from idle thread pools
             runs[name].append(step_ms(m, cache, blas, steps))
             alone[name].append(products_ms(m, blas, steps))
@@ -134,10 +139,10 @@ def run(quick: bool = False) -> dict:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(save_random_gpt2(Path(tmp) / "gpt2", GPTConfig()))
-        rows = threaded_model(model) if compile_dot_rows() else None
-        as_found = measure(model, rows, rounds, steps)
+        rows, q8 = threaded_model(model), quantize_model(model, "q8_0")
+        as_found = measure(model, rows, q8, rounds, steps)
         with busy_cores(cores):
-            loaded = measure(model, rows, rounds, steps)
+            loaded = measure(model, rows, q8, rounds, steps)
     weights = products(model.params)
     results = {"shape": "GPT-2 124M (random weights)", "position": POSITION,
                "product_bytes": sum(w.nbytes for w in weights),
@@ -148,9 +153,12 @@ def run(quick: bool = False) -> dict:
     for name in ("as_found", "loaded"):
         ms = results[name]["step_ms"]
         results[name]["two_vs_one"] = ms["2"] / ms["1"]  # > 1: two threads slower
-        if ROWS in ms:  # < 1: the row kernel is faster than two BLAS threads
-            results[name]["rows_vs_blas_2"] = ms[ROWS] / ms["2"]
-            results[name]["rows_vs_one"] = ms[ROWS] / ms["1"]
+        # < 1: our two threads are faster than two BLAS threads, than one
+        results[name]["rows_vs_blas_2"] = ms[ROWS] / ms["2"]
+        results[name]["rows_vs_one"] = ms[ROWS] / ms["1"]
+        # what --threads 2 gives over --threads 1 (> 1: faster), float and Q8_0
+        results[name]["speedup_threads_2"] = {"float32": ms["1"] / ms[ROWS],
+                                              "q8_0": ms["q8_0_1"] / ms["q8_0_2"]}
     save_results("threads", results, command="python -m benchmarks threads")
     draw(results, machine_info())
     print({k: results[k]["step_ms"] for k in ("as_found", "loaded")})

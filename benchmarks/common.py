@@ -34,7 +34,7 @@ def settle(seconds: float = 0.2) -> None:
 
 def float32_as_cli(model, rows, threads: int) -> tuple[object, int]:
     """The float32 model and BLAS threads `generate --threads N` runs: BLAS alone
-    at one thread, else chapter 21's threaded model `rows` (None: no numba)."""
+    at one thread, else chapter 23's threaded model `rows` (None: BLAS alone)."""
     if threads > 1 and rows is not None:
         return rows, 1  # the row kernel takes the threads, BLAS keeps one
     return model, threads

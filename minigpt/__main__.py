@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--dir", type=Path, default=None,
                       help="where to put it (None: ./NAME)")
     add_chat_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 
@@ -299,16 +300,14 @@ def open_model(args: argparse.Namespace):
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
     if not (args.quantize or saved) and args.threads == 1:
-        return load_model(args.model)  # one BLAS thread, no numba: a faster start
-    from minigpt.threads import compile_dot_rows, set_kernel_threads, threaded_model
+        return load_model(args.model)  # one BLAS thread, nothing else: a faster start
+    from minigpt.threads import set_kernel_threads, threaded_model
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
     if not (args.quantize or saved):
-        if compile_dot_rows() is None:  # no numba: BLAS takes the threads
-            return load_model(args.model)
-        model = threaded_model(load_model(args.model))  # chapter 21
+        model = threaded_model(load_model(args.model))  # threads of our own
     elif is_gguf(args.model) and args.quantize == "q8_0":  # blocks as stored
         from minigpt.gguf_q8_0 import load_gguf_q8_0
 
@@ -318,14 +317,14 @@ def open_model(args: argparse.Namespace):
 
         model = load_quantized(args.model) if saved else \
             quantize_model(load_model(args.model), args.quantize)
-    # our kernels take the threads; BLAS keeps one, so the pools never compete
+    # our threads share out every product; BLAS keeps one thread inside each
     set_kernel_threads(args.threads or None)
     args.threads = 1
     return model
 
 
 def run_quantize(args: argparse.Namespace) -> None:
-    """Write an int8 copy of a checkpoint folder (chapter 23)."""
+    """Write an int8 copy of a checkpoint folder."""
     from minigpt.quantize import quantize_checkpoint
 
     if not args.src.is_dir():
@@ -343,6 +342,60 @@ def run_quantize(args: argparse.Namespace) -> None:
 # --8<-- [end:cli-quantize]
 
 
+# --8<-- [start:cli-serve]
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """`serve`: an OpenAI-compatible HTTP server with continuous batching."""
+    serve = commands.add_parser("serve", help="serve the OpenAI API (Ctrl-C stops)",
+                                formatter_class=HELP)
+    has_demo = (DEFAULT_MODEL / "config.json").is_file()
+    add_model_options(serve, DEFAULT_MODEL if has_demo else None, required=not has_demo)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen "
+                       "on; 127.0.0.1 is this machine only")
+    serve.add_argument("--port", type=count, default=8000, help="0: any free port")
+    serve.add_argument("--max-batch", type=positive, default=8, metavar="N",
+                       help="the most requests decoded in one step")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """Load the model, start the engine and the server, wait for Ctrl-C."""
+    import importlib.util
+    if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn")):
+        raise RuntimeError("serve needs FastAPI and uvicorn: pip install "
+                           "'minigpt[serve]'")
+    from minigpt.bench import blas_threads
+    from minigpt.chat import read_chat_config
+    from minigpt.models import is_gguf, load_tokenizer
+    from minigpt.paged import pool_for
+    from minigpt.scheduler import Scheduler
+    from minigpt.server import Engine, create_app, start_server
+
+    if not args.model.exists():  # a folder, or a file its loader reads
+        raise ValueError(f"--model {args.model}: no such file or directory")
+    model, tokenizer = open_model(args), load_tokenizer(args.model)
+    if is_gguf(args.model):  # its chat template is in its metadata
+        from minigpt.gguf_tokenizer import read_gguf_chat_config as read_chat_config
+    try:
+        chat = read_chat_config(args.model)
+    except ValueError:  # no template: /v1/chat/completions answers 400
+        chat = None
+    blocks = args.max_batch * -(-model.config.n_ctx // 16)  # a full window each
+    engine = Engine(Scheduler(model, tokenizer, pool_for(model, blocks, 16),
+                              max_batch=args.max_batch))
+    name = args.model.resolve().name
+    server, thread, url = start_server(create_app(engine, tokenizer, name, chat),
+                                       args.host, args.port)
+    print(f"serving {name} on {url} (Ctrl-C stops)", flush=True)
+    try:
+        with blas_threads(args.threads or None):
+            while thread.is_alive():
+                thread.join(0.5)  # a timeout: Ctrl-C still reaches this thread
+    finally:
+        server.should_exit = True
+        thread.join()
+        engine.stop()
+# --8<-- [end:cli-serve]
+
+
 # --8<-- [start:cli-main]
 def run_download(args: argparse.Namespace) -> None:
     """Fetch a model from the hub into a folder, and say how to run it."""
@@ -355,44 +408,12 @@ def run_download(args: argparse.Namespace) -> None:
 
 def run_info(args: argparse.Namespace) -> None:
     """minigpt's version, the machine (chapter 1) and the kernels it runs."""
-    from minigpt.info import describe
+    from minigpt.info import describe, kernel_report
 
-    machine = [line.split(" : ", 1) for line in describe().splitlines()]
-    rows = [("minigpt", __version__), *machine, *kernel_rows()]
+    lines = [*describe().splitlines(), kernel_report()]
+    rows = [("minigpt", __version__), *(line.split(" : ", 1) for line in lines)]
     width = max(len(key.strip()) for key, _ in rows)
     print("\n".join(f"{key.strip():<{width}} : {value}" for key, value in rows))
-
-
-def kernel_rows() -> list[tuple[str, str]]:
-    """Which matrix-product kernels run here, as the kernel layer reports them."""
-    import importlib.util
-    import warnings
-
-    numba = importlib.util.find_spec("numba") is not None
-    rows = [("float32 kernels", "BLAS" + (", Numba rows for threads" * numba))]
-    try:
-        from minigpt.quantize import pick_kernels
-        from minigpt.threads import kernel_threads, set_kernel_threads
-
-        before = kernel_threads()
-        for n, label in ((1, "int8, one thread"), (2, "int8, threads")):
-            set_kernel_threads(n)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "no numba" is said below
-                found = pick_kernels()
-            rows.append((label, ", ".join(f"{name} ({kernel_kind(k)})" for name, k
-                                          in sorted(found.items())) or "NumPy"))
-        set_kernel_threads(before)
-    except Exception as exc:  # noqa: BLE001 (info describes; it must not fail)
-        rows.append(("int8 kernels", f"unknown ({type(exc).__name__}: {exc})"))
-    return rows
-
-
-def kernel_kind(kernel: object) -> str:
-    """Who made a kernel: our own machine code, or Numba."""
-    kind = type(kernel).__name__
-    return "machine code" if kind.startswith("Machine") else \
-        "Numba" if "Dispatcher" in kind else kind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"info": run_info, "generate": run_generate,
                     "download": run_download, "quantize": run_quantize,
-                    "chat": run_chat}
+                    "chat": run_chat, "serve": run_serve}
         commands[args.command](args)
     except KeyboardInterrupt:
         print(file=sys.stderr)

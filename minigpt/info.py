@@ -1,7 +1,8 @@
 """What machine is this? Python, NumPy, the BLAS behind NumPy, its threads, the CPU.
 
 Every benchmark in the book records this beside its figures, because a speed
-means nothing without the machine that produced it.
+means nothing without the machine that produced it. `kernel_report` says which
+fast path multiplies quantised weights here (chapters 29 and 30).
 """
 
 from __future__ import annotations
@@ -68,3 +69,16 @@ def describe() -> str:
     width = max(len(k) for k in info)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in info.items())
 # --8<-- [end:describe]
+
+
+# --8<-- [start:kernel-report]
+def kernel_report() -> str:
+    """Which path multiplies quantised weights on this machine, in one line."""
+    from minigpt.machine_code import machine_code  # compiles: a fraction of a second
+
+    label = f"{'kernels':<{max(len(k) for k in machine_info())}} :"  # as describe()
+    if machine_code():
+        return (f"{label} our machine code (x86-64, AVX2), compiled by this "
+                f"process into private memory")
+    return f"{label} NumPy on dequantised tiles (no machine code for this machine)"
+# --8<-- [end:kernel-report]

@@ -6,7 +6,10 @@ A checkpoint folder in Hugging Face's layout names its architecture in
 command line and `minigpt.load_model` open any supported checkpoint, and a new
 model type is one more line in `LOADERS` (or one `register` call), with no change
 to the models or to generate(). Every loader returns a model with the interface
-of `minigpt.generation.LanguageModel`.
+of `minigpt.generation.LanguageModel`. A loader may also give its config reader, its
+name table, the model's class and its weights' layout on disk: quantised loading
+(`minigpt.quantize`) reads the same table, so a model type registered here loads
+quantised too.
 
 Leaves out on purpose: remote code, and guessing a model type from tensor names
 when config.json does not give one.
@@ -21,12 +24,13 @@ from typing import NamedTuple
 
 from minigpt.generation import LanguageModel, Tokenizer
 from minigpt.kvcache import CachedGPT
-from minigpt.llama import load_llama
+from minigpt.llama import LlamaModel, llama_names, load_llama, read_llama_config
 from minigpt.model import load_gpt2
 from minigpt.tokenizer_json import load_tokenizer_json
-from minigpt.weights import WeightsError
+from minigpt.weights import WeightsError, gpt2_names, read_config
 
-__all__ = ["LOADERS", "Loader", "load_model", "load_tokenizer", "register"]
+__all__ = ["LOADERS", "Loader", "load_model", "load_tokenizer", "register",
+           "registered"]
 
 
 # --8<-- [start:loader-table]
@@ -35,6 +39,12 @@ class Loader(NamedTuple):
 
     model: Callable[[Path], LanguageModel]
     tokenizer: Callable[[Path], Tokenizer]
+    # for quantised checkpoints: config.json -> config, config -> name table
+    # (Hugging Face name -> (where in params, shape)), (config, params) -> model
+    config: Callable[[Path], object] | None = None
+    names: Callable[[object], dict] | None = None
+    build: Callable[[object, dict], LanguageModel] | None = None
+    rows_on_disk: bool = False  # weights stored [out, in] (nn.Linear), not [in, out]
 
 
 def load_cached_gpt2(folder: Path) -> CachedGPT:
@@ -45,8 +55,10 @@ def load_cached_gpt2(folder: Path) -> CachedGPT:
 
 # config.json's model_type -> its loaders
 LOADERS: dict[str, Loader] = {
-    "gpt2": Loader(load_cached_gpt2, load_tokenizer_json),
-    "llama": Loader(load_llama, load_tokenizer_json),
+    "gpt2": Loader(load_cached_gpt2, load_tokenizer_json, read_config, gpt2_names,
+                   CachedGPT),  # GPT-2's Conv1D stores weights [in, out]
+    "llama": Loader(load_llama, load_tokenizer_json, read_llama_config, llama_names,
+                    LlamaModel, rows_on_disk=True),
 }
 # Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 32)
 LOADERS.update({"qwen2": Loader(load_llama, load_tokenizer_json),
@@ -57,6 +69,16 @@ def register(model_type: str, loader: Loader) -> None:
     """Teach load_model and load_tokenizer one more model type."""
     LOADERS[model_type] = loader
 # --8<-- [end:loader-table]
+
+
+# --8<-- [start:registered-loader]
+def registered(model_type: str) -> Loader:
+    """The loaders of a model type, or an error naming the ones there are."""
+    if model_type not in LOADERS:
+        raise WeightsError(f"model_type {model_type!r} is not supported "
+                           f"(known: {', '.join(sorted(LOADERS))})")
+    return LOADERS[model_type]
+# --8<-- [end:registered-loader]
 
 
 # --8<-- [start:load-any-model]
@@ -74,7 +96,7 @@ def load_model(path: str | Path) -> LanguageModel:
         if not any((folder / name).is_file() for name in names):
             raise WeightsError(f"{folder}: no {names[0]} (a checkpoint folder has "
                                f"config.json and model.safetensors)")
-    if saved_scheme(folder):  # int8 weights, which chapter 23's loader reads
+    if saved_scheme(folder):  # int8 weights, which the quantised loader reads
         raise WeightsError(f"{folder} holds {saved_scheme(folder)} weights: open it "
                            f"with minigpt.quantize.load_quantized")
     return loader_for(folder).model(folder)

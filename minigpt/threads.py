@@ -1,73 +1,127 @@
-"""Threads of our own: a decode step's matrix-vector products, split by rows.
+"""Threads of our own: every matrix product split by rows over plain Python threads.
 
 Implements what chapter 21 found the BLAS library does not do well with two
-threads: a one-token product `x @ W` is a dot product of `x` with every row of
-`W` stored as `[out, in]`, and the rows are shared out over the cores by a
-Numba kernel (`prange`), four rows at a time so that each number of `x` is
-loaded once for four rows. A `RowMatrix` stands in for a weight array, as
-chapter 23's quantised matrices do: `x @ W` runs the kernel for one token and
-the BLAS library for a prompt, `W.T` serves a tied output head and `W[ids]` the
-embeddings, so the forward code of GPT-2 and LLaMA runs unchanged.
-`threaded_model` converts a loaded model; GPT-2's weights, stored `[in, out]`,
-are copied once into rows. Without Numba, the BLAS library does every product.
+threads. A product `x @ W` is the dot products of `x` with every row of `W` stored
+as `[out, in]`, and the rows are independent, so a `Crew` of Python threads shares
+them out: the rows are cut into a few ranges per thread, each thread takes the
+next range as soon as it is free (so a thread that the system holds back leaves
+its share to the others) and hands it to a kernel that releases the GIL (NumPy's
+BLAS call here; our own machine code for quantised weights in `kernels.py`), so
+the threads really run at once. The same split serves
+one token (a matrix-vector product) and a whole prompt (a matrix-matrix product,
+each thread running BLAS on its rows), so a long prompt uses every thread. A
+waiting thread sleeps on a queue: it never spins against BLAS or against other
+programs. A `RowMatrix` stands in for a weight array: `x @ W` runs the split,
+`W.T` serves a tied output head and `W[ids]` the embeddings, so the forward code of
+GPT-2 and LLaMA runs unchanged. `threaded_model` converts a loaded model; GPT-2's
+weights, stored `[in, out]`, are copied once into rows.
 
-Leaves out on purpose: a prefill kernel of our own (BLAS's matrix products are
-good at many rows), pinning threads to cores, and splitting work across layers.
+Leaves out on purpose: pinning threads to cores, splitting work across layers,
+and threads for the rest of a step (attention, norms), which is small for one token.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-# plain Python's range until compile_dot_rows imports Numba's parallel one: Numba
-# and its compiler add some 70 MB to a process, which a one-thread run never needs
-prange = range
 KERNEL_THREADS = 1  # what set_kernel_threads last asked for
 
-__all__ = ["RowMatrix", "compile_dot_rows", "dot_rows", "kernel_threads",
-           "map_matrices", "rows_matmul", "set_kernel_threads", "share_threads",
-           "threaded_model", "token_rows"]
+__all__ = ["PIECES", "Crew", "RowMatrix", "as_rows", "blas", "crew",
+           "kernel_threads", "map_matrices", "rows_matmul", "set_kernel_threads",
+           "shares", "split_rows", "threaded_model", "token_rows"]
 
 
-def dot_rows(x: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
-    """out = a @ x, four rows at a time. x: (K,), a: (N, K) -> out: (N,)"""
-    N, K = a.shape
-    for b in prange(N // 4):  # threads share out the blocks: no shared writes
-        n = 4 * b
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for k in range(K):  # x[k] is loaded once and used for four rows
-            xk = x[k]
-            s0 += a[n, k] * xk
-            s1 += a[n + 1, k] * xk
-            s2 += a[n + 2, k] * xk
-            s3 += a[n + 3, k] * xk
-        out[n], out[n + 1], out[n + 2], out[n + 3] = s0, s1, s2, s3
-    for n in range(N - N % 4, N):  # the last rows, when N is not a multiple of 4
-        s0 = np.float32(0.0)
-        for k in range(K):
-            s0 += a[n, k] * x[k]
-        out[n] = s0
+# --8<-- [start:crew]
+class Crew:
+    """n - 1 helper threads that wait on a queue; the caller is the n-th thread."""
+
+    def __init__(self, n: int):
+        self.size, self.jobs = n, queue.SimpleQueue()
+        for _ in range(n - 1):  # daemons: they end with the program
+            threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        """A helper's life: take a job and run it; sleep while there is none."""
+        while True:
+            self.jobs.get()()  # blocks without using the CPU
+
+    def run(self, work: Callable[[int, int], None],
+            pieces: list[tuple[int, int]]) -> None:
+        """work(a, b) for every piece, each taken by whichever thread is free
+        first; returns when all are done, raising the first error."""
+        todo, left, errors = iter(pieces), [len(pieces)], []
+        lock, finished = threading.Lock(), threading.Event()
+
+        def take() -> None:  # a list's iterator hands each piece out once
+            for a, b in todo:
+                try:
+                    work(a, b)
+                except BaseException as exc:  # noqa: BLE001 (raised by the caller)
+                    errors.append(exc)
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        finished.set()
+        for _ in range(self.size - 1):
+            self.jobs.put(take)
+        take()  # the caller works too, and takes what a late helper has not
+        finished.wait()
+        if errors:
+            raise errors[0]
+# --8<-- [end:crew]
+
+
+# --8<-- [start:split-rows]
+def shares(n: int, parts: int, align: int = 16, least: int = 64
+           ) -> list[tuple[int, int]]:
+    """range(n) cut into at most `parts` contiguous ranges of at least `least`
+    rows (but one), inner edges on multiples of align."""
+    parts = max(1, min(parts, n // least))  # a small product: quicker on one thread
+    edges = [min(n, round(n * i / parts / align) * align) for i in range(parts)]
+    edges.append(n)
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 @functools.cache
-def compile_dot_rows(cache: bool = True) -> Callable | None:
-    """dot_rows compiled for all cores on first use (None without numba)."""
-    global prange  # the name dot_rows's loop looks up when Numba compiles it
-    try:
-        from numba import njit, prange
-    except ImportError:  # the BLAS library then does every product
-        return None
-    share_threads()  # Numba's pool starts with every core
-    # fastmath lets LLVM reorder each sum into packed lanes (chapter 6)
-    return njit(parallel=True, fastmath=True, cache=cache)(dot_rows)
+def crew(n: int) -> Crew:
+    """The process's crew of n threads, started on first use."""
+    return Crew(n)
 
 
+PIECES = 4  # pieces per thread: a thread the system holds back leaves few rows
+
+
+def split_rows(work: Callable[[int, int], None], n: int) -> None:
+    """work(a, b) over ranges of rows covering range(n), on our threads."""
+    threads = kernel_threads()
+    pieces = shares(n, threads * PIECES)
+    if threads == 1 or len(pieces) == 1:
+        work(0, n)  # one thread: no hand-over at all
+        return
+    crew(threads).run(work, pieces)
+
+
+def set_kernel_threads(n: int | None) -> None:
+    """Threads for our kernels (None: every core). BLAS should then keep one."""
+    global KERNEL_THREADS
+    cores = os.cpu_count() or 1
+    KERNEL_THREADS = min(n, cores) if n else cores
+
+
+def kernel_threads() -> int:
+    """How many threads our kernels are to use (1 until set_kernel_threads)."""
+    return KERNEL_THREADS
+# --8<-- [end:split-rows]
+
+
+# --8<-- [start:row-matrix]
 @dataclass(frozen=True)
 class RowMatrix:
     """A float32 matrix kept as contiguous rows; it stands in for the array."""
@@ -99,28 +153,44 @@ class RowMatrix:
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         """x @ W. x: (..., K), W: (K, N) -> (..., N)"""
         return rows_matmul(x, self)
+# --8<-- [end:row-matrix]
 
 
+# --8<-- [start:rows-matmul]
 def token_rows(x: np.ndarray, w) -> np.ndarray:
-    """x as float32 rows for x @ w, a stand-in weight, once the shapes are checked.
+    """x as finite float32 rows for x @ w, a stand-in weight, shapes checked.
     x: (..., K), w: (K, N) -> (T, K)"""
     if not w.transposed or x.shape[-1] != w.shape[0]:
         raise ValueError(f"x @ W: x has shape {x.shape}, W {w.shape}"
                          + ("" if w.transposed else " (a table: use W.T)"))
-    return np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    if not np.isfinite(x2).all():  # a NaN or inf would spread silently
+        raise ValueError(f"x @ W: x {list(x.shape)} holds a value that is not finite")
+    return x2
+
+
+def blas(rows: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out = x @ rows.T by BLAS: matrix-vector for one token (x: (1, K)), else
+    matrix-matrix. rows: (n, K), x: (T, K) -> out: (T, n), a view of columns"""
+    if len(x) == 1:
+        np.matmul(rows, x[0], out=out[0])
+    else:
+        np.matmul(x, rows.T, out=out)
 
 
 def rows_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
-    """x @ w: the kernel for one token, BLAS for more. x: (..., K) -> (..., N)"""
+    """x @ w, the rows of w shared out over the threads. x: (..., K) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K]
-    kernel = compile_dot_rows()
-    if len(x2) > 1 or kernel is None:  # a prompt: BLAS is good at many rows
-        return (x2 @ w.rows.T).reshape(*x.shape[:-1], -1)
-    out = np.empty(w.rows.shape[0], np.float32)
-    kernel(x2[0], w.rows, out)
-    return out.reshape(*x.shape[:-1], -1)  # [N] -> [..., N]
+    out = np.empty((len(x2), w.rows.shape[0]), np.float32)  # [T, N]
+
+    def work(a: int, b: int) -> None:  # BLAS on rows a:b; it releases the GIL
+        blas(w.rows[a:b], x2, out[:, a:b])  # each thread its own columns
+    split_rows(work, w.rows.shape[0])
+    return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
+# --8<-- [end:rows-matmul]
 
 
+# --8<-- [start:threaded-model]
 TABLES = ("wte", "wpe", "embed_tokens")  # read by row (a token, a position)
 
 
@@ -151,29 +221,12 @@ def map_matrices(params: dict, make: Callable) -> dict:
     return convert(params, "params")
 
 
+def as_rows(a: np.ndarray) -> RowMatrix:
+    """A RowMatrix of a's rows: a copy only where they are not contiguous already."""
+    return RowMatrix(np.ascontiguousarray(a, dtype=np.float32))
+
+
 def threaded_model(model):
     """The same model with every matrix a RowMatrix; its forward code is unchanged."""
-    def as_rows(a: np.ndarray) -> RowMatrix:
-        # a copy only where the rows are not contiguous already (GPT-2's [in, out])
-        return RowMatrix(np.ascontiguousarray(a, dtype=np.float32))
     return replace(model, params=map_matrices(model.params, as_rows))
-
-
-def set_kernel_threads(n: int | None) -> None:
-    """Threads for our kernels (None: every core)."""
-    global KERNEL_THREADS
-    cores = os.cpu_count() or 1
-    KERNEL_THREADS = min(n, cores) if n else cores
-    share_threads()
-
-
-def kernel_threads() -> int:
-    """How many threads our kernels are to use (1 until set_kernel_threads)."""
-    return KERNEL_THREADS
-
-
-def share_threads() -> None:
-    """Numba's pool, if Numba is loaded, held to kernel_threads()."""
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        numba.set_num_threads(min(KERNEL_THREADS, numba.config.NUMBA_NUM_THREADS))
+# --8<-- [end:threaded-model]

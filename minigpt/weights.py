@@ -5,10 +5,11 @@ header, then raw little-endian data), memory-mapped with `np.memmap` so that F32
 tensors are never copied, every byte of the header validated before any data is
 touched. Then maps Hugging Face GPT-2 tensor names to the engine's nested dict and
 reads `config.json` into a frozen dataclass. Follows the safetensors specification
-(github.com/huggingface/safetensors) and Hugging Face's GPT-2 checkpoints.
+(github.com/huggingface/safetensors) and Hugging Face's GPT-2 checkpoints. A small
+writer (`write_safetensors`) saves the quantised checkpoints of a later chapter.
 
-Leaves out on purpose: writing files, sharded checkpoints
-(`model.safetensors.index.json`), the 8-bit float dtypes, and big-endian machines.
+Leaves out on purpose: sharded checkpoints (`model.safetensors.index.json`), the
+8-bit float dtypes, and big-endian machines.
 """
 
 from __future__ import annotations
@@ -339,3 +340,29 @@ def strip_names(tensors: dict[str, np.ndarray], source: str) -> dict:
         out[short] = x
     return out
 # --8<-- [end:strip-names]
+
+
+# --8<-- [start:write-safetensors]
+ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+             np.dtype(np.int8): "I8"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str]) -> None:
+    """Write tensors as safetensors, widest dtypes first so every one is aligned."""
+    order = sorted(tensors, key=lambda n: -tensors[n].dtype.itemsize)  # stable
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        x = tensors[name]
+        header[name] = {"dtype": ST_DTYPES[x.dtype], "shape": list(x.shape),
+                        "data_offsets": [offset, offset + x.nbytes]}
+        offset += x.nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name in order:  # little-endian bytes, one tensor at a time
+            f.write(np.ascontiguousarray(tensors[name]).astype(
+                tensors[name].dtype.newbyteorder("<")).tobytes())
+# --8<-- [end:write-safetensors]

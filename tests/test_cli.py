@@ -217,18 +217,15 @@ def test_threads_go_to_our_kernels_and_blas_keeps_one(checkpoint, capsys,
     monkeypatch.setattr(bench, "blas_threads", lambda n: blas.append(n) or real_blas(n))
     monkeypatch.setattr(threads, "set_kernel_threads",
                         lambda n: kernel.append(n) or real_kernel(n))
-    numba = threads.compile_dot_rows() is not None
-    # (arguments, BLAS threads, kernel threads): without numba BLAS takes them all
-    cases = [([], 1, None),
-             (["--threads", "2"], 1 if numba else 2, 2 if numba else None),
-             (["--threads", "0"], 1 if numba else None, None)]
+    # (arguments, BLAS threads, kernel threads): ours take them, BLAS keeps one
+    cases = [([], 1, None), (["--threads", "2"], 1, 2), (["--threads", "0"], 1, None)]
     for args, want_blas, want_kernel in cases:
         kernel.clear()
         assert main(["generate", "To be", "--model", str(checkpoint), "--temperature",
                      "0", "--max-new-tokens", "8", *args]) == 0
         texts.append(capsys.readouterr().out)
         assert blas[-1] == want_blas
-        assert kernel == ([want_kernel] if numba and args else [])
+        assert kernel == ([want_kernel] if args else [])
     assert texts[1] == texts[0]  # the same greedy text, whoever multiplies
     real_kernel(1)
     assert "must be >= 0, got -1" in one_line_error(
@@ -272,8 +269,11 @@ def test_info_shows_the_version_and_the_kernels(capsys):
     rows = dict(line.split(" : ", 1) for line in capsys.readouterr().out.splitlines())
     rows = {key.strip(): value for key, value in rows.items()}
     assert rows["minigpt"] == minigpt.__version__
-    assert rows["float32 kernels"].startswith("BLAS")
-    assert {"int8, one thread", "int8, threads", "cores", "numpy"} <= rows.keys()
+    from minigpt.machine_code import machine_code
+
+    own = "our machine code" if machine_code() else "NumPy on dequantised tiles"
+    assert rows["kernels"].startswith(own)
+    assert {"cores", "numpy", "blas"} <= rows.keys()
 
 
 @pytest.mark.parametrize("args, knobs", [

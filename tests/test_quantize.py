@@ -1,15 +1,16 @@
 """Tests for minigpt.quantize: error bounds, kernel vs NumPy, models, checkpoints, CLI.
 
 The bound every test leans on: with a scale d per group and q = round(x / d),
-|x - q * d| = d * |x / d - round(x / d)| <= d / 2, as long as |x / d| <= 127.5
-(no clipping). d = max|x| / 127 rounded to float16 (q8_0) moves d by at most a
-relative 2**-11, so max|x| / d <= 127 * (1 + 2**-11) < 127.5: never clipped.
+|x - q * d| = d * |x / d - round(x / d)| <= d / 2, and max|x| / d = 127: never
+clipped. Q8_0 stores d as float16 (a relative change of at most 2**-11), which
+moves q * d by at most 127 * d * 2**-11 more. The fast paths (machine code, BLAS
+on tiles, any number of threads) are checked against the NumPy reference, and
+the Q8_0 rounding against gguf-py bit for bit.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,30 +22,26 @@ import minigpt.bench
 from minigpt import DEMO_MODEL
 from minigpt.__main__ import main
 from minigpt.generation import generate
+from minigpt.kernels import quantized_matmul, reference_matmul
+from minigpt.machine_code import machine_code
 from minigpt.models import load_model
 from minigpt.quantize import (
-    NO_NUMBA,
     QuantMatrix,
-    compile_kernels,
     dequantize,
-    kernels_ir,
     load_quantized,
-    machine_code,
-    matmul_kernel,
-    matmul_numpy,
     quantize_checkpoint,
     quantize_groups,
     quantize_matrix,
     quantize_model,
+    round_away,
     saved_scheme,
 )
+from minigpt.threads import RowMatrix, set_kernel_threads
 from minigpt.weights import WeightsError
 from tests.reference import require
 
 SCHEMES = ["q8_0", "int8"]
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = compile_kernels()
-needs_numba = pytest.mark.skipif(not KERNELS, reason="numba is not installed")
 CODE = machine_code()
 needs_code = pytest.mark.skipif(not CODE, reason="machine code needs Linux on x86 "
                                 "with AVX2, and llvmlite")
@@ -64,8 +61,12 @@ def test_rounding_error_is_at_most_half_a_scale(group, scale_dtype):
     assert d.shape == (7, 192 // group)
     assert np.abs(q).max() <= 127
     err = np.abs(x - dequantize(q, d)).reshape(7, -1, group)
-    # d / 2, plus float32 rounding of x / d and of q * d (a few ulp of |x|)
-    bound = d[..., None] / 2 + 4 * np.finfo(np.float32).eps * np.abs(x).max()
+    # d / 2; q was rounded with the float32 scale and is stored with the float16
+    # one (ggml's reference does the same), which moves q * d by at most
+    # 127 * d * 2**-11; plus float32 rounding (a few ulp of |x|)
+    slack = 127 * 2.0**-11 if scale_dtype == np.float16 else 0
+    bound = d[..., None] * (0.5 + slack) + 4 * np.finfo(np.float32).eps * np.abs(
+        x).max()
     assert (err <= bound).all()
     # the largest magnitude of each group lands on +-127 (its scale is exact there)
     assert (np.abs(q).reshape(7, -1, group).max(axis=-1) == 127).all()
@@ -84,13 +85,22 @@ def test_groups_keep_an_outlier_local():
     assert np.all(dequantize(q_row, d_row)[0, 1:] == 0)  # every small value lost
 
 
-def test_a_matrix_that_does_not_split_into_groups_is_named():
+def test_a_matrix_that_does_not_split_into_groups_stays_float():
     model = load_model(DEMO_MODEL)
     params = {**model.params, "blocks": [dict(model.params["blocks"][0])]}
-    params["blocks"][0]["mlp"] = {"c_fc": {"w": np.ones((40, 8), np.float32),
-                                           "b": np.zeros(8, np.float32)}}
-    with pytest.raises(ValueError, match=r"params.blocks.0.mlp.c_fc.w \[40, 8\]"):
-        quantize_model(type(model)(model.config, params), "q8_0")
+    odd = np.ones((40, 8), np.float32)  # x @ w with K = 40: rows of 40 numbers
+    params["blocks"][0]["mlp"] = {"c_fc": {"w": odd, "b": np.zeros(8, np.float32)}}
+    quantized = quantize_model(type(model)(model.config, params), "q8_0")
+    w = quantized.params["blocks"][0]["mlp"]["c_fc"]["w"]
+    assert isinstance(w, RowMatrix) and w.shape == (40, 8)
+    np.testing.assert_array_equal(w.rows, odd.T)
+    assert isinstance(quantized.params["blocks"][0]["attn"]["c_attn"]["w"], QuantMatrix)
+    with pytest.raises(ValueError, match="not a multiple of the group size 32"):
+        quantize_matrix(odd.T, "q8_0")  # asked for directly: refused, named
+    # int8 has one scale per row: any width quantises, and its product works
+    w8 = quantize_matrix(odd.T, "int8").T
+    x = np.arange(40, dtype=np.float32)[None] / 40
+    np.testing.assert_allclose(x @ w8, x @ odd, rtol=1e-6)
 
 
 def test_zero_groups_and_bad_inputs():
@@ -104,219 +114,101 @@ def test_zero_groups_and_bad_inputs():
         quantize_matrix(np.ones((2, 32), np.float32), "q4")
 
 
-@pytest.mark.parametrize("kernels", ["numba", "machine code"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("T", [1, 5])
-@pytest.mark.parametrize("rows", [68, 70, 71])  # whole blocks of 4, and leftovers
-def test_kernel_and_numpy_fallback_agree(kernels, scheme, T, rows):
-    kernels = {"numba": KERNELS, "machine code": CODE}[kernels]
-    if not kernels:
-        pytest.skip("numba is not installed, or there is no machine code here")
+@pytest.mark.parametrize("rows, K", [(68, 96), (71, 768), (300, 64)])
+def test_every_fast_path_equals_the_reference(threads, scheme, T, rows, K):
     rng = np.random.default_rng(1)
-    w = quantize_matrix(rng.standard_normal((rows, 96)).astype(np.float32), scheme).T
-    x = rng.standard_normal((T, 96)).astype(np.float32)
-    fast, slow = matmul_kernel(x, w, kernels), matmul_numpy(x, w)
+    w = quantize_matrix(rng.standard_normal((rows, K)).astype(np.float32), scheme).T
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    set_kernel_threads(threads)
+    try:
+        fast = quantized_matmul(x, w)  # machine code for T = 1, BLAS tiles for 5
+    finally:
+        set_kernel_threads(1)
+    slow = reference_matmul(x, w)
     # the same products, summed in another order: float32 rounding only
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5 * np.abs(slow).max())
 
 
-needs_integer = pytest.mark.skipif("q8_0 integer" not in KERNELS,
-                                  reason="numba or AVX2 is missing")
+def gguf_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gguf-py's Q8_0 blocks of x, split into int8 numbers and float32 scales."""
+    gguf = require("gguf")
+    blocks = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+    blocks = blocks.reshape(*x.shape[:-1], -1, 34)  # 2 bytes of scale, 32 numbers
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:].copy().view(np.int8).reshape(x.shape)
+    return q, d
 
 
-@needs_integer
-@pytest.mark.parametrize("T, rows, K", [(1, 68, 96), (1, 71, 768), (5, 70, 3072)])
-def test_the_integer_kernel_equals_the_portable_one(T, rows, K):
-    rng = np.random.default_rng(3)
-    q, d = quantize_groups(rng.standard_normal((rows, K)).astype(np.float32), 32)
-    xq, xd = quantize_groups(rng.standard_normal((T, K)).astype(np.float32), 32)
-    exact, portable = np.empty((T, rows), np.float32), np.empty((T, rows), np.float32)
-    KERNELS["q8_0 integer"](xq.astype(np.int16), xd, q, d, exact)
-    KERNELS["q8_0"](dequantize(xq, xd), q, d, portable)
-    # the same sums of the same products: the integer dots are exact, so only the
-    # float32 order of the group terms differs
-    np.testing.assert_allclose(exact, portable, rtol=1e-5,
-                               atol=1e-5 * np.abs(portable).max())
-    one_group = np.empty((T, rows), np.float32)  # scales of 1: the integers alone
-    KERNELS["q8_0 integer"](xq[:, :32].astype(np.int16), np.ones((T, 1), np.float32),
-                            np.ascontiguousarray(q[:, :32]), np.ones((rows, 1),
-                                                                     np.float32),
-                            one_group)
-    want = xq[:, :32].astype(np.int64) @ q[:, :32].astype(np.int64).T
-    assert (one_group == want).all()
+def hard_cases(rng: np.random.Generator, rows: int, K: int) -> np.ndarray:
+    """Random numbers, plus the cases where rounding decides: halves, zeros, ties."""
+    x = (rng.standard_normal((rows, K)) * rng.uniform(0.01, 10, (rows, 1))).astype(
+        np.float32)
+    x[0, :32] = 0  # a group of zeros
+    x[1, :32] = np.arange(-16, 16) / 2 * 127 / 8  # exact halves of a step
+    x[2, :32] = np.linspace(-1, 1, 32, dtype=np.float32)
+    x[3, 5] = 1e4  # an outlier
+    return x
 
 
-@needs_integer
-def test_the_integer_kernel_is_compiled_to_integer_multiply_adds():
-    from numba import njit
-
-    from minigpt.quantize import q8_0_rows_int
-    kernel = njit(parallel=True)(q8_0_rows_int)  # afresh: cached code has no assembly
-    q = np.ones((8, 64), np.int8)
-    out = np.empty((1, 8), np.float32)
-    kernel(np.ones((1, 64), np.int16), np.ones((1, 2), np.float32), q,
-           np.ones((8, 2), np.float32), out)
-    assert (out == 64).all()
-    assert "vpmaddwd" in "\n".join(kernel.inspect_asm().values())
-
-
-@needs_code
-@pytest.mark.parametrize("T, rows, K", [(1, 68, 96), (1, 71, 768), (5, 70, 3072)])
-def test_machine_code_equals_numpy_and_sums_groups_exactly(T, rows, K):
-    rng = np.random.default_rng(4)
-    a = rng.standard_normal((rows, K)).astype(np.float32)
-    x = rng.standard_normal((T, K)).astype(np.float32)
-    q, d = quantize_groups(a, 32)
-    xq, xd = quantize_groups(x, 32)
-    got = np.empty((T, rows), np.float32)
-    CODE["q8_0 integer"](xq.astype(np.int16), xd, q, d, got)
-    want = dequantize(xq, xd) @ dequantize(q, d).T
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    one_group = np.empty((T, rows), np.float32)  # scales of 1: the integers alone
-    CODE["q8_0 integer"](xq[:, :32].astype(np.int16), np.ones((T, 1), np.float32),
-                         np.ascontiguousarray(q[:, :32]),
-                         np.ones((rows, 1), np.float32), one_group)
-    want = xq[:, :32].astype(np.int64) @ q[:, :32].astype(np.int64).T
-    assert (one_group == want).all()
-    qi, di = quantize_groups(a, K, np.float32)  # int8: one scale per row
-    got = np.empty((T, rows), np.float32)
-    CODE["int8"](x, qi, di, got)
-    want = x @ dequantize(qi, di).T
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-
-@needs_code
-@pytest.mark.parametrize("T, K", [(1, 768), (3, 3072), (2, 64)])
-def test_machine_code_rounds_activations_exactly_as_numpy(T, K):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((T, K)).astype(np.float32) * 3
-    x[0, :32] = 0  # a group of zeros: scale 0, numbers 0
-    x[-1, 40] = -1000.0  # an outlier sets its own group's scale
-    x[-1, 33] = 0.5 * x[-1, 40] / 127  # about half a step: where rounding decides
-    xq, xd = CODE["q8_0 rounding"](x)
+@pytest.mark.reference
+def test_q8_0_is_ggml_reference_bit_for_bit():
+    rng = np.random.default_rng(7)
+    x = hard_cases(rng, 64, 256)
     q, d = quantize_groups(x, 32)
+    want_q, want_d = gguf_q8_0(x)
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(d, want_d)
+    assert not q[0, :32].any() and d[0, 0] == 0
+
+
+@needs_code
+@pytest.mark.reference
+def test_the_machine_code_rounds_activations_as_ggml():
+    rng = np.random.default_rng(8)
+    x = hard_cases(rng, 6, 768)
+    xq, xd = CODE["q8_0 rounding"](x)
+    want_q, want_d = gguf_q8_0(x)
     assert xq.dtype == np.int16 and xd.dtype == np.float32
-    np.testing.assert_array_equal(xq, q)  # the same float16 scales, the same rint
-    np.testing.assert_array_equal(xd, d)
-    for bad in (x.astype(np.float64), x[:, :40], x[:, ::2], x[0]):
-        with pytest.raises(ValueError, match="contiguous float32 rows"):
-            CODE["q8_0 rounding"](bad)
+    np.testing.assert_array_equal(xq, want_q)
+    np.testing.assert_array_equal(xd, want_d)
 
 
-@needs_code
-def test_machine_code_refuses_arrays_it_would_misread():
-    q, d = np.ones((8, 64), np.int8), np.ones((8, 2), np.float32)
-    xq, xd = np.ones((1, 64), np.int16), np.ones((1, 2), np.float32)
-    out = np.empty((1, 8), np.float32)
-    kernel = CODE["q8_0 integer"]
-    kernel(xq, xd, q, d, out)
-    assert (out == 64).all()
-    bad = [(xq.astype(np.int32), xd, q, d, out),  # wrong dtype
-           (xq, xd, q[:, :32], d, out),  # rows of another length
-           (xq, xd, np.asfortranarray(q), d, out),  # not row after row in memory
-           (xq, xd, q, d, np.empty((1, 7), np.float32)),  # an output too short
-           (xq, xd, q, np.ones((8, 1), np.float32), out),  # too few scales
-           (np.ones((1, 40), np.int16), np.ones((1, 1), np.float32),
-            np.ones((8, 40), np.int8), np.ones((8, 1), np.float32), out)]  # K % 32
-    for arrays in bad:
-        with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
-            kernel(*arrays)
-    with pytest.raises(ValueError, match="wrong dtype"):
-        CODE["int8"](np.ones((1, 64), np.float64), q, d[:, :1], out)
+def test_round_away_sends_halves_away_from_zero():
+    v = np.array([-2.5, -1.5, -0.5, -0.49999997, 0.0, 0.5, 1.5, 2.5, 2.4999998],
+                 np.float32)
+    assert round_away(v).tolist() == [-3, -2, -1, 0, 0, 1, 2, 3, 2]
+    assert np.rint(v).tolist() != round_away(v).tolist()  # NumPy's rint: to even
 
 
-@needs_code
-def test_machine_code_is_compiled_once_then_mapped_from_the_cache(monkeypatch,
-                                                                  tmp_path):
-    import hashlib
-
-    import minigpt.quantize as quantize
-
-    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
-    compiles = []
-    real = quantize.in_child
-    monkeypatch.setattr(quantize, "in_child",
-                        lambda *args: compiles.append(1) or real(*args))
-    quantize.machine_code.cache_clear()
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_activations_raise_on_every_path(threads, scheme, T, bad):
+    rng = np.random.default_rng(9)
+    w = quantize_matrix(rng.standard_normal((64, 96)).astype(np.float32), scheme).T
+    x = rng.standard_normal((T, 96)).astype(np.float32)
+    x[-1, 40] = bad
+    set_kernel_threads(threads)
     try:
-        first = quantize.machine_code()
-        files = sorted(p.name for p in tmp_path.iterdir())
-        assert [f.rsplit(".", 1)[1] for f in files] == ["bin", "json"]
-        code = (tmp_path / files[0]).read_bytes()
-        index = json.loads((tmp_path / files[1]).read_text())
-        assert index["sha256"] == hashlib.sha256(code).hexdigest()
-        assert set(index["starts"]) == {"minigpt_q8_0_rows", "minigpt_int8_rows",
-                                        "minigpt_q8_0_quantize"}
-        quantize.machine_code.cache_clear()
-        again = quantize.machine_code()  # from the cache: no compiler, same code
-        assert again["int8"].code[:] == first["int8"].code[:] == code
-        assert len(compiles) == 1
-        # damaged code is never run: its hash no longer matches, so it is rebuilt
-        (tmp_path / files[0]).write_bytes(b"\xcc" * len(code))
-        quantize.machine_code.cache_clear()
-        mended = quantize.machine_code()
-        assert len(compiles) == 2 and mended["int8"].code[:] == code
-        x = np.ones((1, 32), np.float32)
-        xq, xd = mended["q8_0 rounding"](x)
-        assert (xq == 127).all() and np.allclose(xd, 1 / 127, rtol=1e-3)
+        with pytest.raises(ValueError, match="not finite"):
+            _ = x @ w
+        with pytest.raises(ValueError, match="not finite"):  # float rows too
+            _ = x @ RowMatrix(np.ones((64, 96), np.float32)).T
     finally:
-        quantize.machine_code.cache_clear()
+        set_kernel_threads(1)
 
 
 @needs_code
-def test_a_compile_error_in_the_child_reaches_the_parent():
-    from minigpt.quantize import in_child
-
-    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-        in_child(lambda text: bytes(1 // len(text)), "")
-    assert in_child(lambda text: text.encode() * 2, "ab") == b"abab"
-
-
-@needs_code
-def test_code_that_needs_relocating_is_refused():
-    from llvmlite import ir
-
-    from minigpt.quantize import compile_object, elf_text
-
-    module = ir.Module("outside")
-    f32 = ir.FloatType()
-    sqrt = ir.Function(module, ir.FunctionType(f32, [f32]), "sqrtf")  # libc's
-    fn = ir.Function(module, ir.FunctionType(f32, [f32]), "root")
-    builder = ir.IRBuilder(fn.append_basic_block())
-    builder.ret(builder.call(sqrt, [fn.args[0]]))
-    obj = compile_object(str(module))
-    with pytest.raises(ValueError, match="needs relocating"):
-        elf_text(obj, ["root"])
-    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
-        elf_text(b"MZ" + obj[2:], ["root"])
-    code, starts = elf_text(compile_object(kernels_ir()), ["minigpt_int8_rows"])
-    assert 0 <= starts["minigpt_int8_rows"] < len(code)
-    with pytest.raises(ValueError, match="no function nothing"):
-        elf_text(compile_object(kernels_ir()), ["nothing"])
-
-
-@needs_code
-def test_machine_code_holds_integer_and_fused_multiply_adds():
-    from minigpt.quantize import compile_object
-
-    asm = compile_object(kernels_ir(), assembly=True).decode()
-    assert "vpmaddwd" in asm and "vfmadd" in asm and "prefetcht0" in asm
-
-
-@needs_code
-def test_one_thread_of_quantised_decoding_loads_neither_numba_nor_llvm(tmp_path):
-    script = (
-        "import sys\n"
-        "from minigpt.quantize import load_quantized\n"
-        "from minigpt.generation import generate\n"
-        f"model = load_quantized({str(tmp_path / 'q')!r})\n"
-        "tokens = list(generate(model, [1, 2, 3], 4))\n"
-        "loaded = [m for m in ('numba', 'llvmlite.binding') if m in sys.modules]\n"
-        "print(len(tokens), loaded)\n")
-    quantize_checkpoint(DEMO_MODEL, tmp_path / "q", "q8_0")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
-    assert out.strip() == "4 []"
+def test_an_activation_too_large_for_a_float16_scale_raises():
+    w = quantize_matrix(np.ones((64, 96), np.float32), "q8_0").T
+    x = np.ones((1, 96), np.float32)
+    x[0, 3] = 1e7  # 1e7 / 127 is beyond float16's 65504
+    with pytest.raises(ValueError, match="too large"):
+        _ = x @ w
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -380,7 +272,10 @@ def test_quantized_demo_model_runs_unchanged(scheme):
     dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
          tie_word_embeddings=True),
-], ids=["untied-gqa", "tied"])
+    # llama2.c's stories260K: an FFN width of 172 does not split into groups of 32
+    dict(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=64),
+], ids=["untied-gqa", "tied", "llama2c-ffn-172"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_llama_models_quantize_and_round_trip(tmp_path, shape, scheme):
     from tests.test_llama import reference_model
@@ -396,7 +291,12 @@ def test_llama_models_quantize_and_round_trip(tmp_path, shape, scheme):
     quantize_checkpoint(tmp_path / "float", tmp_path / "q", scheme)
     loaded = load_quantized(tmp_path / "q")
     assert type(loaded) is type(model)
-    assert rel_error(loaded.forward(ids), logits) < 5e-3  # see the test below
+    np.testing.assert_array_equal(loaded.forward(ids), logits)
+    down = loaded.params["layers"][0]["mlp"]["down_proj"]
+    assert isinstance(down, RowMatrix if shape["intermediate_size"] % 32 and
+                      scheme == "q8_0" else QuantMatrix)
+    tokens = list(generate(loaded, [1, 2, 3], 5, temperature=0))
+    assert tokens == list(generate(quantized, [1, 2, 3], 5, temperature=0))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -414,10 +314,8 @@ def test_checkpoint_round_trip_is_exact_and_mapped(tmp_path, scheme):
         np.testing.assert_array_equal(a.q, b.q)
         np.testing.assert_array_equal(a.d, b.d)
         assert isinstance(b.q, np.memmap)  # read in place from the file
-    # the same weights; Numba compiles the kernel apart for read-only (mapped)
-    # arrays, and a different order of float32 sums may tip an activation's
-    # rounding now and then, so the logits agree closely rather than bit for bit
-    assert rel_error(loaded.forward(demo_ids()), model.forward(demo_ids())) < 5e-3
+    # the same weights, the same kernels: the same logits
+    np.testing.assert_array_equal(loaded.forward(demo_ids()), model.forward(demo_ids()))
     # about a quarter of float32's bytes: int8 data, scales, float32 vectors
     n_params = sum(x.size for x in minigpt.bench.param_arrays(
         load_model(DEMO_MODEL).params))
@@ -441,7 +339,7 @@ def test_the_file_reads_with_the_safetensors_library(tmp_path, scheme, group, dt
 
 
 def test_bad_quantized_checkpoints_are_named(tmp_path):
-    with pytest.raises(WeightsError, match="not a quantised GPT-2 or LLaMA"):
+    with pytest.raises(WeightsError, match="not a quantised checkpoint"):
         load_quantized(DEMO_MODEL)
     out = quantize_checkpoint(DEMO_MODEL, tmp_path / "q", "q8_0")
     raw = json.loads((out / "config.json").read_text())
@@ -454,20 +352,19 @@ def test_bad_quantized_checkpoints_are_named(tmp_path):
         quantize_checkpoint(out, out)
 
 
-def test_without_numba_the_numpy_path_runs_with_a_message(monkeypatch):
-    import minigpt.quantize as quantize
+def test_without_machine_code_the_tiles_run_one_token_too(monkeypatch):
+    import minigpt.kernels as kernels
 
     model = load_model(DEMO_MODEL)
     want = quantize_model(model, "q8_0").forward(demo_ids(20))
-    monkeypatch.setattr(quantize, "compile_kernels", lambda: {})
-    monkeypatch.setattr(quantize, "machine_code", lambda: {})
-    with pytest.warns(UserWarning, match="numba is not installed"):
-        slow = quantize.quantize_model(model, "q8_0")
-    assert "pip install numba" in NO_NUMBA
-    # the sums run in another order, so now and then an activation rounds the
-    # other way at a .5 boundary, and the layers above carry that on: well under
-    # the 1-3% that quantisation itself moves the logits (test above)
-    assert rel_error(slow.forward(demo_ids(20)), want) < 5e-3
+    monkeypatch.setattr(kernels, "machine_code", lambda: {})
+    slow = quantize_model(model, "q8_0")
+    assert rel_error(slow.forward(demo_ids(20)), want) < 1e-5
+    cache = slow.empty_cache()  # one token at a time: BLAS on dequantised tiles
+    steps = [slow.forward_cached(demo_ids(20)[i:i + 1], cache) for i in range(20)]
+    # a different order of float32 sums tips an activation's rounding now and
+    # then, and the layers above carry it on: well under what quantising moves
+    assert rel_error(np.concatenate(steps), want) < 5e-3
 
 
 def test_cli_quantize_then_generate(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Tests for minigpt.threads: the row kernel, RowMatrix, and threaded models.
+"""Tests for minigpt.threads: the crew, the split by rows, RowMatrix, threaded models.
 
 The references are NumPy's own products of the same float32 arrays (BLAS), and the
 untouched float32 models: a threaded model must give the same logits up to the
@@ -16,47 +16,77 @@ from minigpt import DEMO_LLAMA, DEMO_MODEL
 from minigpt.generation import generate
 from minigpt.models import load_model
 from minigpt.threads import (
+    Crew,
     RowMatrix,
-    compile_dot_rows,
-    dot_rows,
     map_matrices,
     rows_matmul,
     set_kernel_threads,
+    shares,
+    split_rows,
     threaded_model,
 )
-
-DOT_ROWS = compile_dot_rows()
-needs_numba = pytest.mark.skipif(DOT_ROWS is None, reason="numba is not installed")
 
 
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-@pytest.mark.parametrize("n", [4, 5, 7, 64, 301])  # whole blocks and leftover rows
-def test_dot_rows_as_plain_python_equals_numpy(n):
-    rng = np.random.default_rng(n)
-    a = rng.standard_normal((n, 24)).astype(np.float32)
-    x = rng.standard_normal(24).astype(np.float32)
-    out = np.full(n, np.nan, np.float32)
-    dot_rows(x, a, out)  # prange is range here: the listing as a reader runs it
-    np.testing.assert_allclose(out, a @ x, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("n, parts", [(0, 2), (10, 2), (64, 2), (2304, 2), (3072, 3),
+                                      (771, 4), (50257, 2)])
+def test_shares_cover_every_row_once_in_aligned_ranges(n, parts):
+    got = shares(n, parts)
+    covered = [i for a, b in got for i in range(a, b)]
+    assert covered == list(range(n))  # every row once, in order
+    assert len(got) <= parts and all(a % 16 == 0 for a, _ in got)
+    if n >= 16 * parts * 4:  # enough rows: every thread gets a fair share
+        sizes = [b - a for a, b in got]
+        assert len(got) == parts and max(sizes) - min(sizes) <= 16
 
 
-@needs_numba
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [1, 3, 4, 9, 1026])
-def test_the_compiled_kernel_equals_numpy_on_any_thread_count(n, threads):
-    rng = np.random.default_rng(n)
-    a = rng.standard_normal((n, 768)).astype(np.float32)
-    x = rng.standard_normal(768).astype(np.float32)
-    out = np.full(n, np.nan, np.float32)
+def test_a_crew_runs_every_piece_once_and_hands_back_the_first_error():
+    crew = Crew(3)
+    seen = []
+    pieces = [(i, i + 1) for i in range(20)]
+    crew.run(lambda a, b: seen.append((a, b)), pieces)
+    assert sorted(seen) == pieces
+
+    def boom(a, b):
+        if a == 3:
+            raise KeyError("boom")
+    with pytest.raises(KeyError, match="boom"):
+        crew.run(boom, pieces[:6])
+    crew.run(lambda a, b: seen.append(9), [(0, 1)])  # still works after an error
+    assert seen[-1] == 9
+
+
+def test_a_crew_does_not_wait_for_a_helper_that_is_held_up():
+    import threading
+
+    crew = Crew(2)
+    gate = threading.Event()
+    crew.jobs.put(gate.wait)  # the helper is busy, as on a loaded machine
+    seen = []
+    crew.run(lambda a, b: seen.append(a), [(i, i + 1) for i in range(8)])
+    assert sorted(seen) == list(range(8))  # the caller took every piece itself
+    gate.set()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_rows_uses_the_threads_asked_for(threads):
+    import threading
+    import time
+
+    names = set()
+
+    def work(a, b):
+        names.add(threading.get_ident())
+        time.sleep(0.02)  # long enough that every thread gets a piece
     set_kernel_threads(threads)
     try:
-        DOT_ROWS(x, a, out)
+        split_rows(work, 4096)
     finally:
         set_kernel_threads(1)
-    np.testing.assert_allclose(out, a @ x, rtol=1e-4, atol=1e-4)
+    assert len(names) == min(threads, os.cpu_count() or 1)
 
 
 def test_a_row_matrix_stands_in_for_its_array():
@@ -66,9 +96,19 @@ def test_a_row_matrix_stands_in_for_its_array():
     assert m.shape == (10, 6) and m.T.shape == (6, 10) and m.ndim == 2
     assert m.nbytes == table.nbytes and m.T.rows is table  # .T copies nothing
     np.testing.assert_array_equal(m[[3, 1]], table[[3, 1]])
-    for rows in (1, 5):  # one token: the kernel; a prompt: BLAS
+    for rows in (1, 5):  # one token: matrix-vector; a prompt: matrix-matrix
         x = rng.standard_normal((rows, 6)).astype(np.float32)
         np.testing.assert_allclose(x @ m.T, x @ table.T, rtol=1e-5, atol=1e-5)
+    big = rng.standard_normal((300, 64)).astype(np.float32)  # split over threads
+    for threads in (2, 3):
+        set_kernel_threads(threads)
+        try:
+            for rows in (1, 7):
+                x = rng.standard_normal((rows, 64)).astype(np.float32)
+                np.testing.assert_allclose(x @ RowMatrix(big).T, x @ big.T,
+                                           rtol=1e-5, atol=1e-5)
+        finally:
+            set_kernel_threads(1)
     x3 = rng.standard_normal((2, 3, 6)).astype(np.float32)  # leading axes kept
     assert (x3 @ m.T).shape == (2, 3, 10)
 
@@ -132,31 +172,17 @@ def test_threaded_llama_reads_its_weights_in_place():
     assert np.shares_memory(w.rows, model.params["layers"][0]["mlp"]["down_proj"])
 
 
-def test_threads_are_recorded_without_loading_numba():
+def test_threads_are_recorded_and_no_thread_starts_before_a_product():
     import subprocess
     import sys
     from pathlib import Path
 
-    script = ("import sys\n"
+    script = ("import sys, threading\n"
               "from minigpt.threads import kernel_threads, set_kernel_threads\n"
               "before = kernel_threads()\n"
               "set_kernel_threads(2)\n"
-              "print(before, kernel_threads(), 'numba' in sys.modules)\n")
+              "print(before, kernel_threads(), 'numba' in sys.modules,\n"
+              "      threading.active_count())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout
-    assert out.split() == ["1", str(min(2, os.cpu_count() or 1)), "False"]
-
-
-@needs_numba
-def test_numba_pool_follows_the_threads_asked_for():
-    import numba
-
-    from minigpt.threads import kernel_threads
-    try:
-        set_kernel_threads(1)
-        assert numba.get_num_threads() == kernel_threads() == 1
-        set_kernel_threads(None)  # every core
-        assert numba.get_num_threads() == min(os.cpu_count(),
-                                              numba.config.NUMBA_NUM_THREADS)
-    finally:
-        set_kernel_threads(1)
+    assert out.split() == ["1", str(min(2, os.cpu_count() or 1)), "False", "1"]

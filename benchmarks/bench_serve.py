@@ -1,0 +1,244 @@
+"""Many requests at once: the batched step, and the server under 1 to 16 clients.
+
+python -m benchmarks serve [--quick]. GPT-2 124M's shape with random weights
+(`minigpt.bench.save_random_gpt2`, loaded by `minigpt.load_model`), on one BLAS
+thread. Token ids stand in for text (a random model's text means nothing): the
+prompts are lists of ids, and the tokenizer writes each id as " <id>".
+
+Measured:
+- the batched decode step (`minigpt.batch.batch_forward`, B sequences of one new
+  token after a 64-token cache each): seconds per step and tokens per second for
+  B = 1 .. 16, the steps taking turns; beside it the memory bandwidth and the
+  float32 matrix-product peak of this machine, for the roofline against B;
+- the server (`minigpt.server` on a loopback port, in this process, the engine on
+  its own thread), with the clients in a child process so that they do not share
+  its interpreter lock: N clients (1, 2, 4, 8, 16) each stream `ROUNDS` requests
+  one after another through the official `openai` client, every request a 64-token
+  prompt and up to 64 new tokens, greedy; per request the time to first token
+  (TTFT) and the times between tokens (TBT), and the aggregate new tokens per
+  second of the whole run.
+Writes benchmarks/results/serve.json and the charts batch-step and serve-load.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
+from minigpt.batch import batch_forward
+from minigpt.bench import (
+    blas_threads,
+    measure_bandwidth,
+    save_random_gpt2,
+    weight_bytes,
+)
+from minigpt.info import machine_info
+from minigpt.models import load_model
+from minigpt.paged import pool_for
+from minigpt.scheduler import Scheduler
+from minigpt.server import Engine, create_app, start_server
+from minigpt.weights import GPTConfig
+
+PROMPT, NEW, ROUNDS = 64, 64, 3
+CLIENTS = [1, 2, 4, 8, 16]
+BATCHES = [1, 2, 4, 8, 16]
+
+
+class IdTokenizer:
+    """Writes token i as " i": enough text for a random model's stream."""
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in text.split()]
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return "".join(f" {i}" for i in ids).encode()
+
+
+def step_rates(model, batches: list[int], position: int, rounds: int) -> dict:
+    """Median seconds of one decode step of B sequences at `position`, in turns."""
+    rng = np.random.default_rng(1)
+    caches = {}
+    for b in batches:  # every sequence's cache holds `position` tokens already
+        caches[b] = [model.empty_cache(position + 1) for _ in range(b)]
+        batch_forward(model, [rng.integers(0, 50257, position) for _ in range(b)],
+                      caches[b])
+    times = {b: [] for b in batches}
+    for _ in range(rounds):
+        for b in batches:
+            for c in caches[b]:
+                c.length = position  # the same step again, over the same cache
+            start = time.perf_counter()
+            batch_forward(model, [np.array([7]) for _ in range(b)], caches[b])
+            times[b].append(time.perf_counter() - start)
+    seconds = {str(b): statistics.median(t) for b, t in times.items()}
+    return {"seconds": seconds,
+            "tokens_per_second": {b: int(b) / s for b, s in seconds.items()}}
+
+
+def peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """float32 GFLOPS of an n x n product: the machine's compute ceiling here."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = min(timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def one_request(client, prompt: list[int], new: int) -> dict:
+    """Stream one completion: time to first token and between tokens, in seconds."""
+    start = time.perf_counter()
+    stamps = []
+    for chunk in client.completions.create(model="random", prompt=prompt,
+                                           max_tokens=new, temperature=0,
+                                           stream=True):
+        if chunk.choices and chunk.choices[0].text:
+            stamps.append(time.perf_counter())
+    return {"ttft": stamps[0] - start, "tbt": np.diff(stamps).tolist(),
+            "tokens": len(stamps)}
+
+
+def load_run(url: str, clients: int, rounds: int, new: int) -> dict:
+    """`clients` clients, each sending `rounds` requests one after another."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    rng = np.random.default_rng(clients)
+    prompts = [[rng.integers(0, 50257, PROMPT).tolist() for _ in range(rounds)]
+               for _ in range(clients)]
+
+    def one_client(i: int) -> list[dict]:
+        return [one_request(client, p, new) for p in prompts[i]]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        runs = [r for rs in pool.map(one_client, range(clients)) for r in rs]
+    wall = time.perf_counter() - start
+    ttft = [r["ttft"] for r in runs]
+    tbt = [t for r in runs for t in r["tbt"]]
+    return {"tokens_per_second": sum(r["tokens"] for r in runs) / wall,
+            "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+            "tbt_p50": percentile(tbt, 50), "tbt_p95": percentile(tbt, 95),
+            "requests": len(runs), "seconds": wall}
+
+
+def load_in_child(url: str, clients: int, rounds: int, new: int) -> dict:
+    """load_run in a process of its own, so that the clients' Python work does
+    not compete with the server's for this process's interpreter lock."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_serve", "--clients",
+                          url, str(clients), str(rounds), str(new)], cwd=ROOT,
+                         capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(out.stdout)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def run(quick: bool = False) -> dict:
+    clients = [1, 2] if quick else CLIENTS
+    batches = [1, 2, 4] if quick else BATCHES
+    new, rounds = (8, 1) if quick else (NEW, ROUNDS)
+    with tempfile.TemporaryDirectory() as tmp, blas_threads(1):
+        model = load_model(save_random_gpt2(Path(tmp) / "gpt2", GPTConfig()))
+        steps = step_rates(model, batches, PROMPT, 3 if quick else 9)
+        bandwidth = max(measure_bandwidth(64 if quick else 256).values())
+        gflops = peak_gflops(512 if quick else 1024)
+        pool = pool_for(model, max(clients) * model.config.n_ctx // 16, 16)
+        engine = Engine(Scheduler(model, IdTokenizer(), pool, max_batch=max(clients)))
+        server, thread, url = start_server(create_app(engine, IdTokenizer(), "random"))
+        try:
+            load = {str(n): load_in_child(url, n, rounds, new) for n in clients}
+        finally:
+            server.should_exit = True
+            thread.join()
+            engine.stop()
+        weights = weight_bytes(model.params)
+    one = load[str(clients[0])]["tokens_per_second"]
+    results = {
+        "shape": "GPT-2 124M (random weights)", "threads": 1,
+        "prompt_tokens": PROMPT, "new_tokens": new, "rounds": rounds,
+        "weight_bytes": weights, "bandwidth_gb_s": bandwidth, "peak_gflops": gflops,
+        "step": steps, "load": load,
+        "speedup": {n: load[n]["tokens_per_second"] / one for n in load},
+    }
+    results["targets"] = targets(results)
+    save_results("serve", results, command="python -m benchmarks serve")
+    draw(results, machine_info())
+    return results
+
+
+def targets(r: dict) -> dict:
+    """The serving targets, each with its measured value (where it was measured)."""
+    wanted = {"aggregate_8_clients_vs_1": ("speedup.8", 4.0, ">="),
+              "aggregate_16_clients_vs_1": ("speedup.16", 6.0, ">="),
+              "ttft_p95_8_clients_s": ("load.8.ttft_p95", 1.0, "<=")}
+    out = {}
+    for name, (key, target, sense) in wanted.items():
+        top, _, rest = key.partition(".")
+        node = r[top]
+        for part in rest.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            met = node >= target if sense == ">=" else node <= target
+            out[name] = {"measured": node, "target": f"{sense} {target}", "met": met}
+    return out
+
+
+def draw(r: dict, machine: dict) -> None:
+    """batch-step: tokens/s of one step against B, under its two ceilings;
+    serve-load: aggregate tokens/s, then TTFT and TBT, against clients."""
+    plt = pyplot()
+    b = [int(k) for k in r["step"]["tokens_per_second"]]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    memory = r["bandwidth_gb_s"] * 1e9 / r["weight_bytes"]  # steps/s, reading weights
+    compute = r["peak_gflops"] * 1e9 / (2 * r["weight_bytes"] / 4)  # tokens/s
+    ax.plot(b, list(r["step"]["tokens_per_second"].values()), "o-", label="measured")
+    ax.plot(b, [min(memory * x, compute) for x in b], "--", color="gray",
+            label="roofline: min(B x memory, compute)")
+    ax.set(xscale="log", yscale="log", xlabel="sequences in the step (B)",
+           ylabel="tokens per second", xticks=b, xticklabels=[str(x) for x in b])
+    ax.legend(fontsize=8)
+    ax.set_title("One batched decode step, GPT-2 124M shape, one thread", fontsize=10)
+    fig.text(0.01, 0.01, machine_caption(machine), fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(chart_path("batch-step"), format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+    n = [int(k) for k in r["load"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6), sharex=True)
+    top.plot(n, [r["load"][str(k)]["tokens_per_second"] for k in n], "o-")
+    top.set(ylabel="new tokens per second, all clients", xscale="log")
+    top.set_title("The server under load (64-token prompts, 64 new tokens)",
+                  fontsize=10)
+    for key, style in (("ttft", "o-"), ("tbt", "s-")):
+        for q, alpha in (("p50", 1.0), ("p95", 0.5)):
+            bottom.plot(n, [r["load"][str(k)][f"{key}_{q}"] for k in n], style,
+                        alpha=alpha, label=f"{key.upper()} {q}")
+    bottom.set(xscale="log", yscale="log", ylabel="seconds",
+               xlabel="concurrent clients", xticks=n, xticklabels=[str(k) for k in n])
+    bottom.legend(fontsize=8)
+    fig.text(0.01, 0.01, machine_caption(machine), fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(chart_path("serve-load"), format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--clients"]:  # the child of load_in_child
+        url, n, rounds, new = sys.argv[2], *map(int, sys.argv[3:6])
+        print(json.dumps(load_run(url, n, rounds, new)))
+    else:
+        run()
