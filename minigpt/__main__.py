@@ -363,8 +363,8 @@ def run_serve(args: argparse.Namespace) -> None:
         raise RuntimeError("serve needs FastAPI and uvicorn: pip install "
                            "'minigpt[serve]'")
     from minigpt.bench import blas_threads
-    from minigpt.chat import read_chat_config
-    from minigpt.models import is_gguf, load_tokenizer
+    from minigpt.gguf_tokenizer import chat_config as read_chat_config  # .gguf too
+    from minigpt.models import load_tokenizer
     from minigpt.paged import pool_for
     from minigpt.scheduler import Scheduler
     from minigpt.server import Engine, create_app, start_server
@@ -372,8 +372,6 @@ def run_serve(args: argparse.Namespace) -> None:
     if not args.model.exists():  # a folder, or a file its loader reads
         raise ValueError(f"--model {args.model}: no such file or directory")
     model, tokenizer = open_model(args), load_tokenizer(args.model)
-    if is_gguf(args.model):  # its chat template is in its metadata
-        from minigpt.gguf_tokenizer import read_gguf_chat_config as read_chat_config
     try:
         chat = read_chat_config(args.model)
     except ValueError:  # no template: /v1/chat/completions answers 400

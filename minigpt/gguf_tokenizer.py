@@ -29,7 +29,7 @@ from minigpt.gguf import GGUFError, GGUFFile, read_gguf
 from minigpt.gguf_models import meta
 from minigpt.tokenizer_json import JsonBPE
 
-__all__ = ["PRE_TOKENIZERS", "gguf_chat_config", "load_gguf_tokenizer",
+__all__ = ["PRE_TOKENIZERS", "chat_config", "gguf_chat_config", "load_gguf_tokenizer",
            "read_gguf_chat_config"]
 
 
@@ -177,6 +177,15 @@ def gguf_chat_config(gguf: GGUFFile, tokens: list[str]) -> dict:
 def load_gguf_tokenizer(path: str | Path) -> JsonBPE:
     """The tokenizer stored in a .gguf file's metadata."""
     return gguf_tokenizer(read_gguf(path))
+
+
+def chat_config(path: str | Path) -> dict:
+    """The chat settings of a checkpoint folder, or of a .gguf file's metadata."""
+    if Path(path).suffix == ".gguf" and Path(path).is_file():
+        return read_gguf_chat_config(path)
+    from minigpt.chat import read_chat_config
+
+    return read_chat_config(path)
 
 
 def read_gguf_chat_config(path: str | Path) -> dict:

@@ -136,10 +136,8 @@ def rope_factor(path: str | Path, raw: dict) -> float:
     for key in ("rope_parameters", "rope_scaling"):  # new name first, as transformers
         scaling = raw.get(key) or {}
         kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind == "default":
+        if kind in ("default", "llama3"):  # Llama 3's: rope_divisors (chapter 32)
             continue
-        if kind == "llama3":  # per-pair factors: kept in rope_divisors instead
-            return 1.0
         if kind != "linear":
             raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; minigpt "
                                f"supports plain RoPE ('default') and 'linear'")

@@ -60,9 +60,6 @@ LOADERS: dict[str, Loader] = {
     "llama": Loader(load_llama, load_tokenizer_json, read_llama_config, llama_names,
                     LlamaModel, rows_on_disk=True),
 }
-# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 32)
-LOADERS.update({"qwen2": Loader(load_llama, load_tokenizer_json),
-                "qwen3": Loader(load_llama, load_tokenizer_json)})
 
 
 def register(model_type: str, loader: Loader) -> None:
@@ -83,13 +80,10 @@ def registered(model_type: str) -> Loader:
 
 # --8<-- [start:load-any-model]
 def load_model(path: str | Path) -> LanguageModel:
-    """Any supported model from a folder holding config.json and model.safetensors,
-    or from a .gguf file."""
+    """Any supported model from a folder holding config.json and model.safetensors."""
     folder = Path(path)
-    if is_gguf(folder):  # one file holds it all (chapter 30)
-        from minigpt.gguf_models import load_gguf
-
-        return load_gguf(folder)
+    if is_gguf(folder):  # or one .gguf file that holds it all (chapter 30)
+        return gguf_loader().model(folder)
     # the weights are one file, or shards listed in an index (chapter 25)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
@@ -103,12 +97,10 @@ def load_model(path: str | Path) -> LanguageModel:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a checkpoint folder (or of a file inside it, or a .gguf)."""
+    """The tokenizer of a checkpoint folder (or of a file inside it)."""
     folder = Path(path)
-    if is_gguf(folder):
-        from minigpt.gguf_tokenizer import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(folder)
+    if is_gguf(folder):  # a .gguf file: the tokenizer is in its metadata
+        return gguf_loader().tokenizer(folder)
     folder = folder if folder.is_dir() else folder.parent
     return loader_for(folder).tokenizer(folder)
 
@@ -128,11 +120,6 @@ def loader_for(folder: Path) -> Loader:
     return LOADERS[kind]
 
 
-def is_gguf(path: Path) -> bool:
-    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 30)."""
-    return path.suffix == ".gguf" and path.is_file()
-
-
 def saved_scheme(path: str | Path) -> str | None:
     """The scheme a checkpoint folder was quantised with; None if it holds floats."""
     try:
@@ -141,3 +128,23 @@ def saved_scheme(path: str | Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None  # the model's own loader will say what is wrong
 # --8<-- [end:load-any-model]
+
+
+# --8<-- [start:gguf-and-family-loaders]
+# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 32)
+for _family in ("qwen2", "qwen3"):
+    register(_family, LOADERS["llama"])
+
+
+def is_gguf(path: Path) -> bool:
+    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 30)."""
+    return path.suffix == ".gguf" and path.is_file()
+
+
+def gguf_loader() -> Loader:
+    """The loaders of a .gguf file, imported only when one is opened."""
+    from minigpt.gguf_models import load_gguf
+    from minigpt.gguf_tokenizer import load_gguf_tokenizer
+
+    return Loader(load_gguf, load_gguf_tokenizer)
+# --8<-- [end:gguf-and-family-loaders]
