@@ -41,7 +41,7 @@ HELP = argparse.ArgumentDefaultsHelpFormatter
 MODEL_FORMS = ("a checkpoint folder: config.json with model.safetensors (or the "
                "shards model.safetensors.index.json lists), and tokenizer.json or "
                "vocab.json + merges.txt (or encoder.json + vocab.bpe); a folder "
-               "written by `quantize` too; or a .gguf file (chapter 30)")
+               "written by `quantize` too; or a .gguf file (chapter 32)")
 
 
 # --8<-- [start:cli-checks]
@@ -159,7 +159,7 @@ def add_model_options(command: argparse.ArgumentParser, default: Path | None,
     add("--threads", type=count, default=DEFAULT_THREADS, metavar="N",
         help="threads, as measured in chapter 21; 0: one per core")
     add("--quantize", choices=["q8_0", "int8"], default=None,
-        help="int8 weights (chapter 23): q8_0 in groups of 32, int8 one scale "
+        help="int8 weights (chapter 29): q8_0 in groups of 32, int8 one scale "
              "per row; None: as saved")
 
 

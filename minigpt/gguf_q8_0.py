@@ -1,12 +1,12 @@
 """GGUF models with every matrix in Q8_0, the file's Q8_0 blocks taken as they are.
 
-Chapter 28's `QuantMatrix` keeps a matrix as int8 rows in groups of 32 with one
+Chapter 29's `QuantMatrix` keeps a matrix as int8 rows in groups of 32 with one
 scale per group: GGUF's Q8_0 layout, with the scales set apart. So a Q8_0 tensor
 of a GGUF file becomes a `QuantMatrix` by separating each 34-byte block into its
 float16 scale and its 32 int8 values, with no float32 copy of the matrix in
 between; the model then reads a quarter of float32's bytes per token, through
-chapter 29's kernels. Matrices of other types are decoded and quantised to Q8_0
-by chapter 28's `quantize_matrix`; vectors (norms, biases) stay float32. Uses
+chapter 30's kernels. Matrices of other types are decoded and quantised to Q8_0
+by chapter 29's `quantize_matrix`; vectors (norms, biases) stay float32. Uses
 only `QuantMatrix`, its `.T` and `quantize_matrix` from `minigpt.quantize`.
 
 Leaves out on purpose: keeping 4-bit matrices in 4 bits (they become Q8_0, 8.5
@@ -60,7 +60,7 @@ def as_q8_0(gguf: GGUFFile, name: str, heads: int | None = None) -> QuantMatrix:
     """Any matrix of the file in Q8_0; heads: LLaMA's q or k, rows reordered."""
     if gguf.tensors[name].kind == Q8_0:
         m = q8_0_matrix(gguf, name)
-    else:  # another type: decoded, then quantised as chapter 28 does
+    else:  # another type: decoded, then quantised as chapter 29 does
         m = quantize_matrix(np.ascontiguousarray(read_tensor(gguf, name)), "q8_0")
     if heads:  # a row keeps its own scales, so both move together
         m = QuantMatrix("q8_0", interleaved_to_half(m.q, heads),

@@ -2,7 +2,7 @@
 
 Every benchmark in the book records this beside its figures, because a speed
 means nothing without the machine that produced it. `kernel_report` says which
-fast path multiplies quantised weights here (chapters 29 and 30).
+fast path multiplies quantised weights here (chapters 30 and 31).
 """
 
 from __future__ import annotations

@@ -82,9 +82,9 @@ def registered(model_type: str) -> Loader:
 def load_model(path: str | Path) -> LanguageModel:
     """Any supported model from a folder holding config.json and model.safetensors."""
     folder = Path(path)
-    if is_gguf(folder):  # or one .gguf file that holds it all (chapter 30)
+    if is_gguf(folder):  # or one .gguf file that holds it all (chapter 32)
         return gguf_loader().model(folder)
-    # the weights are one file, or shards listed in an index (chapter 25)
+    # the weights are one file, or shards listed in an index (chapter 26)
     weights = ("model.safetensors", "model.safetensors.index.json")
     for names in (("config.json",), weights):
         if not any((folder / name).is_file() for name in names):
@@ -131,13 +131,13 @@ def saved_scheme(path: str | Path) -> str | None:
 
 
 # --8<-- [start:gguf-and-family-loaders]
-# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 32)
+# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 34)
 for _family in ("qwen2", "qwen3"):
     register(_family, LOADERS["llama"])
 
 
 def is_gguf(path: Path) -> bool:
-    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 30)."""
+    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 32)."""
     return path.suffix == ".gguf" and path.is_file()
 
 

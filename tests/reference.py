@@ -38,3 +38,10 @@ def require_file(path: str | os.PathLike, how: str) -> str:
     if REQUIRED:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def missing(message: str) -> None:
+    """Skip (fail, in CI) because a reference tool or file is not here."""
+    if REQUIRED:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

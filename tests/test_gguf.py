@@ -296,7 +296,7 @@ def test_a_q4_k_m_style_mix_equals_transformers(tmp_path):
 
 
 def test_q8_0_files_quantise_back_to_their_own_blocks(tmp_path):
-    """`--quantize q8_0` on a Q8_0 file: chapter 23's QuantMatrix holds exactly
+    """`--quantize q8_0` on a Q8_0 file: chapter 29's QuantMatrix holds exactly
     the file's int8 values and scales (decoding then re-quantising loses nothing)."""
     from minigpt.quantize import QuantMatrix, quantize_model
     from tools.gguf_export import export_gguf
@@ -336,7 +336,7 @@ def params_equal(a, b, where: str = "params") -> None:
 @pytest.mark.parametrize("folder", ["demo", "demo_llama"])
 def test_q8_0_loading_equals_quantising_the_float_model(tmp_path, folder, kind):
     """load_gguf_q8_0 takes Q8_0 blocks as stored, quantises other matrices as
-    chapter 23 does: the same params as quantize_model on the float32 model."""
+    chapter 29 does: the same params as quantize_model on the float32 model."""
     from minigpt.gguf_q8_0 import load_gguf_q8_0
     from minigpt.quantize import quantize_model
     from tools.gguf_export import export_gguf

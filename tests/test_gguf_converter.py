@@ -22,7 +22,7 @@ import pytest
 
 import minigpt
 from minigpt.__main__ import main
-from tests.reference import require
+from tests.reference import missing, require
 from tests.test_tokenizer_json import CORPUS
 
 # each type's bound on the logits, relative to the float32 model's range
@@ -42,8 +42,8 @@ def llama_cpp() -> Path:
         peers = Path(__file__).resolve().parent.parent / ".cache" / "peers"
         found = sorted(peers.glob("llama_cpp_python-*/vendor/llama.cpp"))
     if not found or not (found[-1] / "convert_hf_to_gguf.py").is_file():
-        pytest.skip("llama.cpp's converter is unpacked by `python -m benchmarks "
-                    "peers` (or set MINIGPT_LLAMA_CPP to a llama.cpp checkout)")
+        missing("llama.cpp's converter is unpacked by `python -m benchmarks "
+                "peers` (or set MINIGPT_LLAMA_CPP to a llama.cpp checkout)")
     return found[-1]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from minigpt.gguf import GGUFError
 from minigpt.gguf_tokenizer import load_gguf_tokenizer, read_gguf_chat_config
-from tests.reference import require
+from tests.reference import missing, require
 from tests.test_tokenizer_json import CORPUS, TEXTS, byte_level_tokenizer
 
 PRE_NAMES = {"gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2",
@@ -162,8 +162,8 @@ def test_llama_cpp_vocab_files_give_llama_cpp_ids(name):
     (models/ggml-vocab-*.gguf, .inp and .out; specials read as text)."""
     folder = llama_cpp_models()
     if folder is None or not (folder / f"ggml-vocab-{name}.gguf").is_file():
-        pytest.skip("llama.cpp's vocabulary files are unpacked by "
-                    "`python -m benchmarks peers` (or set MINIGPT_LLAMA_CPP_MODELS)")
+        missing("llama.cpp's vocabulary files are unpacked by "
+                "`python -m benchmarks peers` (or set MINIGPT_LLAMA_CPP_MODELS)")
     path = folder / f"ggml-vocab-{name}.gguf"
     texts = path.with_suffix(".gguf.inp").read_text(encoding="utf-8").split(
         "\n__ggml_vocab_test__\n")

@@ -271,7 +271,7 @@ for name, rate in race["tok_s"].items():
           f"of the ceiling")
 
 # %% [markdown]
-# ## Quantisation (chapter 23)
+# ## Quantisation (chapter 29)
 #
 # `python -m benchmarks quant`: the GPT-2 124M-shaped model saved in float32, q8_0
 # and int8, each file memory-mapped and decoding greedily through `generate()` in
