@@ -29,6 +29,7 @@ def importable() -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 CHAPTER = re.compile(r"^chapters/(\d\d-[^/]+)\.md$")
+FUTURE = re.compile(r"^from __future__ import ")
 NOTEBOOK_CHAPTER = re.compile(r"^chapters/(\d\d-[^/]+)\.py$")
 SHELL_HELPER = '''\
 import os as _os
@@ -105,7 +106,14 @@ def script_text(page: Path, cells: list[Cell], title: str) -> str:
     out = [f"# %% [markdown]\n# # {title}\n#\n# The code of `{page.name}`, block by "
            "block, as the book's tests run it.\n# Run it from the repository root "
            "(the folder that holds `minigpt/`)."]
-    out.append("# %%\n" + TO_ROOT)
+    # a script takes `from __future__` imports only at its top, where a session
+    # takes them anywhere: they move up, and apply from there on
+    future = sorted({line for c in cells if c.language == "python"
+                     for line in c.code.split("\n") if FUTURE.match(line)})
+    cells = [Cell(c.language, "\n".join(line for line in c.code.split("\n")
+                                        if not FUTURE.match(line)), c.condition)
+             for c in cells]
+    out.append("# %%\n" + "".join(f + "\n" for f in future) + TO_ROOT)
     if any(c.language != "python" for c in cells):
         out.append("# %%\n" + SHELL_HELPER)
     for cell in cells:
