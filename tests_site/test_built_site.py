@@ -280,3 +280,19 @@ def test_chart_text_is_readable_on_a_phone():
             if px < MIN_CHART_TEXT_PX:
                 small.append(f"{page_id(page)}: {name}: {px:.1f} px")
     assert not small, "chart text below 9 px at 390 px:\n" + "\n".join(sorted(set(small)))
+
+
+@pytest.mark.parametrize("chapter", sorted((ROOT / "docs" / "chapters").glob(
+    "[0-9][0-9]-*.*")), ids=lambda p: p.name)
+def test_every_chapter_links_its_notebook_and_script(chapter):
+    """Under its title, each chapter offers its code; both links reach a file."""
+    page = SITE / "chapters" / chapter.stem / "index.html"
+    if not page.exists():
+        pytest.fail(f"{page} is missing: run `make test-site` (it builds first)")
+    html = page.read_text(encoding="utf-8")
+    links = re.findall(r'<p class="downloads">.*?</p>', html, re.S)
+    assert links, f"{page_id(page)} links no downloads"
+    hrefs = re.findall(r'href="([^"]+)"', links[0])
+    assert sorted(Path(h).suffix for h in hrefs) == [".ipynb", ".py"], hrefs
+    for href in hrefs:
+        assert (page.parent / href).resolve().is_file(), f"{page_id(page)}: {href}"

@@ -6,6 +6,9 @@
 # %% [markdown]
 # # 21. Profiling and performance
 #
+# <p class="downloads">This chapter's code: <a href="../21-performance.ipynb"
+# download>notebook</a> · <a href="../21-performance/21-performance.py" download>script</a></p>
+#
 # Our engine is correct: [chapter 20](20-kv-cache.md)'s KV cache gives the same
 # tokens as transformers, only much sooner. This chapter asks how fast it *could*
 # be, and how close we are. We measure where one generated token spends its time,
