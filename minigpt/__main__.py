@@ -295,19 +295,18 @@ def warn(message: str, kind: str = "warning") -> None:
 # --8<-- [start:cli-quantize]
 def open_model(args: argparse.Namespace):
     """--model's model: quantised if it was saved so or --quantize asks for it,
-    with the threads given to our own kernels when there is more than one."""
+    its products run by our own kernels on --threads threads."""
     from minigpt.models import is_gguf, load_model, saved_scheme
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
-    if not (args.quantize or saved) and args.threads == 1:
-        return load_model(args.model)  # one BLAS thread, nothing else: a faster start
-    from minigpt.threads import set_kernel_threads, threaded_model
+    from minigpt.kernels import kernel_model
+    from minigpt.threads import set_kernel_threads
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
-    if not (args.quantize or saved):
-        model = threaded_model(load_model(args.model))  # threads of our own
+    if not (args.quantize or saved):  # float32: our code for a few tokens
+        model = kernel_model(load_model(args.model))
     elif is_gguf(args.model) and args.quantize == "q8_0":  # blocks as stored
         from minigpt.gguf_q8_0 import load_gguf_q8_0
 

@@ -18,15 +18,23 @@ kernels (BLAS on dequantised tiles is already as fast as float32).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from minigpt.machine_code import machine_code
 from minigpt.quantize import dequantize, quantize_groups
-from minigpt.threads import blas, split_rows, token_rows
+from minigpt.threads import (
+    RowMatrix,
+    blas,
+    map_matrices,
+    rows_matmul,
+    split_rows,
+    token_rows,
+)
 
-__all__ = ["TILE", "one_token", "quantized_matmul", "reference_matmul",
-           "rounded", "tiles"]
+__all__ = ["FEW", "FLOAT_FEW", "TILE", "KernelMatrix", "few_tokens", "float_matmul",
+           "kernel_model", "quantized_matmul", "reference_matmul", "rounded", "tiles"]
 
 
 # --8<-- [start:reference-matmul]
@@ -40,15 +48,20 @@ def reference_matmul(x: np.ndarray, w) -> np.ndarray:
 
 
 # --8<-- [start:quantized-matmul]
+# token rows up to which our machine code beats BLAS (measured): one token while
+# decoding, or one from each of a few sequences (chapter 35's batches)
+FEW = 16
+
+
 def quantized_matmul(x: np.ndarray, w) -> np.ndarray:
-    """x @ w for a QuantMatrix: our machine code for one token, BLAS on
-    dequantised tiles for a prompt, split by rows over the threads.
+    """x @ w for a QuantMatrix: our machine code for one token or a few, BLAS
+    on dequantised tiles for a prompt, split by rows over the threads.
     x: (..., K), w: (K, N) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
     code = machine_code()
     out = np.empty((len(x2), w.q.shape[0]), np.float32)  # [T, N]
-    if len(x2) == 1 and w.scheme in code and x2.shape[1] % 32 == 0:
-        split_rows(one_token(x2, w, code, out), w.q.shape[0])
+    if len(x2) <= FEW and w.scheme in code and x2.shape[1] % 32 == 0:
+        split_rows(few_tokens(x2, w, code, out), w.q.shape[0])
     else:
         split_rows(tiles(x2, w, out), w.q.shape[0])
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
@@ -65,8 +78,9 @@ def rounded(x: np.ndarray, code: dict) -> tuple[np.ndarray, np.ndarray]:
     return xq, xd
 
 
-def one_token(x: np.ndarray, w, code: dict, out: np.ndarray) -> Callable:
-    """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
+def few_tokens(x: np.ndarray, w, code: dict, out: np.ndarray) -> Callable:
+    """work(a, b): rows a:b of x @ w by our machine code, which reads each row of
+    w once for every token. x: (T, K) -> out: (T, N)"""
     q = np.asarray(w.q)  # a memory map is an ndarray subclass: the plain view
     xq, xd = rounded(x, code) if w.scheme == "q8_0" else (x, None)
 
@@ -90,3 +104,44 @@ def tiles(x: np.ndarray, w, out: np.ndarray) -> Callable:
             blas(dequantize(w.q[r:s], w.d[r:s]), x, out[:, r:s])
     return work
 # --8<-- [end:quantized-matmul]
+
+
+# --8<-- [start:float-matmul]
+# token rows up to which our float32 code beat BLAS on one thread (measured in
+# chapter 35): past it, a prompt's matrix-matrix product is BLAS's to do
+FLOAT_FEW = 128
+
+
+@dataclass(frozen=True)
+class KernelMatrix(RowMatrix):
+    """A RowMatrix whose products with a few token rows run our machine code."""
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        """x @ W. x: (..., K), W: (K, N) -> (..., N)"""
+        return float_matmul(x, self)
+
+
+def float_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
+    """x @ w: up to FLOAT_FEW token rows by our machine code, which reads each
+    weight row once for all of them; more by BLAS. x: (..., K) -> (..., N)"""
+    code, (K, N) = machine_code(), w.shape
+    if x.size > FLOAT_FEW * K or "f32" not in code or K % 32:
+        return rows_matmul(x, w)  # a prompt: BLAS's matrix-matrix kernel
+    x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
+    out = np.empty((len(x2), N), np.float32)  # [T, N]
+
+    def work(a: int, b: int) -> None:  # a call releases the GIL
+        code["f32"](x2, None, w.rows[a:b], None, out[:, a:b])
+    split_rows(work, N)
+    return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
+
+
+def kernel_model(model):
+    """The same model with every float32 matrix a KernelMatrix (a matrix that
+    is already a stand-in, quantised, is kept as it is)."""
+    def make(rows):
+        if not isinstance(rows, np.ndarray):
+            return rows  # make(w.T).T gives w back
+        return KernelMatrix(np.ascontiguousarray(rows, np.float32))
+    return replace(model, params=map_matrices(model.params, make))
+# --8<-- [end:float-matmul]

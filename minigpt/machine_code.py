@@ -179,14 +179,14 @@ def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
 
 # --8<-- [start:rows-ir]
 def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
-    """void minigpt_<scheme>_rows(x, xd, q, d, out, N, K, T): out[t, n] = row n of
-    W times row t of x, for t < T and n < N. The arguments are pointers to the
-    arrays (xd and d: the scales), then the sizes."""
+    """void minigpt_<scheme>_rows(x, xd, q, d, out, N, K, T, S): out[t*S + n] =
+    row n of W times row t of x, for t < T and n < N. The arguments are pointers
+    to the arrays (xd and d: the scales), then the sizes (S: out's row stride)."""
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
     ptr, fp = i8.as_pointer(), f32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        ptr, fp, ptr, fp, fp, i64, i64, i64]), f"minigpt_{scheme}_rows")
-    x, xd, q, d, out, N, K, T = fn.args
+        ptr, fp, ptr, fp, fp, i64, i64, i64, i64]), f"minigpt_{scheme}_rows")
+    x, xd, q, d, out, N, K, T, S = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
     G = builder.udiv(K, i64(32))
     with counted(builder, N) as n, counted(builder, T) as t:  # a row, every token
@@ -200,10 +200,109 @@ def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
             xt = builder.gep(builder.bitcast(x, fp), [builder.mul(t, K)])
             dot = builder.call(int8_row_dot_ir(module), [
                 w, builder.load(builder.gep(d, [n])), xt, K])
-        builder.store(dot, builder.gep(out, [builder.add(builder.mul(t, N), n)]))
+        builder.store(dot, builder.gep(out, [builder.add(builder.mul(t, S), n)]))
     builder.ret_void()
     return fn
 # --8<-- [end:rows-ir]
+
+
+# --8<-- [start:f32-rows-ir]
+LANES, ROWS = 4, 3  # token rows and weight rows a pass: 12 chains of adds
+
+
+def tree_sum(builder: ir.IRBuilder, vector: ir.Value) -> ir.Value:
+    """The sum of a vector's lanes, adding its two halves until one lane is left."""
+    i32 = ir.IntType(32)
+    while vector.type.count > 1:
+        half = vector.type.count // 2
+        low, high = (builder.shuffle_vector(vector, vector, ir.Constant(
+            ir.VectorType(i32, half), list(range(start, start + half))))
+            for start in (0, half))
+        vector = builder.fadd(low, high)
+    return builder.extract_element(vector, i32(0))
+
+
+def f32_dots_ir(module: "ir.Module", lanes: int, rows: int) -> "ir.Function":  # noqa: UP037
+    """An LLVM function: out[l*S + r] = w[r*K:(r+1)*K] . x[l*K:(l+1)*K] for
+    l < lanes, r < rows, each number loaded once for all it meets.
+    w: rows*K float32, x: lanes*K, K (a multiple of 16), out, S -> nothing"""
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    fp, v16f32 = f32.as_pointer(), ir.VectorType(f32, 16)
+    fn = declare(module, f"minigpt_f32_dots_{lanes}x{rows}", ir.VoidType(),
+                 [fp, fp, i64, fp, i64])
+    if not fn.is_declaration:
+        return fn
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    w, x, K, out, S = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    fma = declare(module, "llvm.fma.v16f32", v16f32, [v16f32] * 3)
+    sums = [[builder.alloca(v16f32) for _ in range(rows)] for _ in range(lanes)]
+    for acc in sum(sums, []):
+        builder.store(ir.Constant(v16f32, None), acc)
+
+    def load(p: ir.Value, row: int, at: ir.Value) -> ir.Value:  # p[row*K + at:+16]
+        at = builder.add(builder.mul(K, i64(row)), at)
+        return builder.load(builder.bitcast(builder.gep(p, [at]),
+                                            v16f32.as_pointer()), align=4)
+    with counted(builder, builder.udiv(K, i64(16))) as step:
+        at = builder.mul(step, i64(16))
+        for r in range(rows):
+            prefetch(builder, builder.bitcast(builder.gep(w, [builder.add(
+                builder.mul(K, i64(r)), builder.add(at, i64(PREFETCH // 4)))]),
+                ir.IntType(8).as_pointer()))
+        wv = [load(w, r, at) for r in range(rows)]
+        for lane in range(lanes):
+            xv = load(x, lane, at)
+            for r in range(rows):
+                acc = sums[lane][r]
+                builder.store(builder.call(fma, [wv[r], xv, builder.load(acc)]), acc)
+    for lane in range(lanes):
+        for r in range(rows):
+            where = builder.add(builder.mul(S, i64(lane)), i64(r))
+            builder.store(tree_sum(builder, builder.load(sums[lane][r])),
+                          builder.gep(out, [where]))
+    builder.ret_void()
+    return fn
+
+
+def f32_rows_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
+    """void minigpt_f32_rows(x, xd, q, d, out, N, K, T, S): rows_ir's product for
+    float32 weights q (xd and d unused: no scales). From LANES tokens on, ROWS
+    weight rows by LANES tokens a pass; below, one row at a time (measured: for
+    one token, rows side by side were slower)."""
+    i8, i64, f32 = ir.IntType(8), ir.IntType(64), ir.FloatType()
+    ptr, fp = i8.as_pointer(), f32.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        ptr, fp, ptr, fp, fp, i64, i64, i64, i64]), "minigpt_f32_rows")
+    x, _, q, _, out, N, K, T, S = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    x, w = builder.bitcast(x, fp), builder.bitcast(q, fp)
+    full = builder.mul(builder.udiv(T, i64(LANES)), i64(LANES))  # tokens in fours
+
+    def sweep(first: ir.Value, count: ir.Value, rows: int) -> None:
+        """Weight rows first + rows*i for i < count, each against every token
+        while it is in the cache: the tokens in fours, then one at a time."""
+        with counted(builder, count) as i:
+            n = builder.add(first, builder.mul(i, i64(rows)))
+            for lanes, blocks, start in ((LANES, builder.udiv(T, i64(LANES)),
+                                          i64(0)), (1, builder.sub(T, full), full)):
+                with counted(builder, blocks) as b:
+                    t = builder.add(start, builder.mul(b, i64(lanes)))
+                    builder.call(f32_dots_ir(module, lanes, rows), [
+                        builder.gep(w, [builder.mul(n, K)]),
+                        builder.gep(x, [builder.mul(t, K)]), K,
+                        builder.gep(out, [builder.add(builder.mul(t, S), n)]), S])
+    with builder.if_else(builder.icmp_unsigned(">=", T, i64(LANES))) as (many, few):
+        with many:  # the rows in threes, then the one or two left over
+            threes = builder.udiv(N, i64(ROWS))
+            sweep(i64(0), threes, ROWS)
+            sweep(builder.mul(threes, i64(ROWS)), builder.urem(N, i64(ROWS)), 1)
+        with few:
+            sweep(i64(0), N, 1)
+    builder.ret_void()
+    return fn
+# --8<-- [end:f32-rows-ir]
 
 
 # --8<-- [start:quantize-ir]
@@ -343,7 +442,7 @@ def elf_text(obj: bytes, names: list[str]) -> tuple[bytes, dict[str, int]]:
 
 
 # --8<-- [start:machine-code]
-SCHEMES = ("q8_0", "int8")  # one rows_ir function each
+SCHEMES = ("q8_0", "int8", "f32")  # one rows function each
 ENTRIES = [f"minigpt_{s}_rows" for s in SCHEMES] + ["minigpt_q8_0_quantize"]
 
 
@@ -358,7 +457,7 @@ def kernels_ir() -> str:
     """The LLVM IR of a module with one rows_ir function per scheme, as text."""
     module = ir.Module("minigpt_kernels")
     for scheme in SCHEMES:
-        rows_ir(module, scheme)
+        (f32_rows_ir(module) if scheme == "f32" else rows_ir(module, scheme))
     quantize_ir(module)
     return str(module)
 
@@ -391,7 +490,7 @@ def machine_code() -> dict:
                       f"quantised products", stacklevel=2)
         return {}
     p, i = ctypes.c_void_p, ctypes.c_int64
-    rows = ctypes.CFUNCTYPE(None, p, p, p, p, p, i, i, i)  # C's calling rules
+    rows = ctypes.CFUNCTYPE(None, p, p, p, p, p, i, i, i, i)  # C's calling rules
     kernels = {s: MachineKernel(memory, rows(base + starts[f"minigpt_{s}_rows"]), s)
                for s in SCHEMES}
     rounding = ctypes.CFUNCTYPE(None, p, p, p, i, ctypes.c_float, ctypes.c_float)(
@@ -401,30 +500,33 @@ def machine_code() -> dict:
 
 @dataclass(frozen=True)
 class MachineKernel:
-    """A rows_ir function, called through ctypes: out = x @ W.T for row-major W."""
+    """A rows function, called through ctypes: out = x @ W.T for row-major W."""
 
     code: mmap.mmap  # the memory holding the code: it must live as long as fn
-    fn: Callable  # void (x, xd, q, d, out, N, K, T); a call releases the GIL
+    fn: Callable  # void (x, xd, q, d, out, N, K, T, S); a call releases the GIL
     scheme: str
 
     def __call__(self, x: np.ndarray, xd: np.ndarray | None, q: np.ndarray,
-                 d: np.ndarray, out: np.ndarray) -> None:
-        """q8_0: x (T, K) int16, xd (T, K/32); int8: x (T, K) float32, xd None.
-        q: (N, K) int8, d: (N, K/32) or (N, 1) float32 -> out: (T, N) float32"""
+                 d: np.ndarray | None, out: np.ndarray) -> None:
+        """q8_0: x (T, K) int16, xd (T, K/32), q (N, K) int8, d (N, K/32) float32;
+        int8: x float32, xd None, d (N, 1); f32: x, q float32, xd, d None.
+        -> out: (T, N) float32, whose rows may lie apart (some columns of a matrix)"""
         (T, K), N = x.shape, q.shape[0]
-        G = K // 32 if self.scheme == "q8_0" else 1  # scales per row
-        want = [(x, np.int16 if self.scheme == "q8_0" else np.float32, (T, K)),
-                (q, np.int8, (N, K)), (d, np.float32, (N, G)),
-                (out, np.float32, (T, N))] + ([] if xd is None else
-                                              [(xd, np.float32, (T, G))])
+        xt, qt, G = {"q8_0": (np.int16, np.int8, K // 32), "int8": (
+            np.float32, np.int8, 1), "f32": (np.float32, np.float32, 0)}[self.scheme]
+        want = [(x, xt, (T, K)), (q, qt, (N, K))] + (
+            [(d, np.float32, (N, G))] if G else []) + (
+            [(xd, np.float32, (T, G))] if self.scheme == "q8_0" else [])
+        S = out.strides[0] // 4 if T > 1 else N  # floats from one out row to the next
         # the machine code trusts its pointers: a wrong array would crash Python
-        if K % 32 or (xd is None) != (self.scheme == "int8") or not all(
-                a.dtype == t and a.shape == s and a.flags.c_contiguous
-                for a, t, s in want):
+        if K % 32 or len(want) != 2 + sum(a is not None for a in (xd, d)) or not all(
+                a is not None and a.dtype == t and a.shape == s and a.flags.c_contiguous
+                for a, t, s in want) or out.dtype != np.float32 or out.shape != (
+                T, N) or out.strides[1] != 4 or S < N or out.strides[0] % 4:
             raise ValueError(f"{self.scheme} machine code: arrays of the wrong "
                              f"dtype, shape or layout for T={T}, N={N}, K={K}")
-        self.fn(x.ctypes.data, None if xd is None else xd.ctypes.data,
-                q.ctypes.data, d.ctypes.data, out.ctypes.data, N, K, T)
+        self.fn(x.ctypes.data, None if xd is None else xd.ctypes.data, q.ctypes.data,
+                None if d is None else d.ctypes.data, out.ctypes.data, N, K, T, S)
 
 
 @dataclass(frozen=True)

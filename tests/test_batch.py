@@ -34,11 +34,11 @@ def model(request):
 def test_a_ragged_batch_equals_each_sequence_alone(model, request):
     """Prompts of 1 to 12 tokens prefill together, then decode together; alone, each
     runs the same calls as generate: its prompt, then one token at a time. Q8_0
-    rounds activations, and one token runs integer dot products where a batch runs
-    BLAS on the same rounded numbers: a different order of float additions before
-    a rounding can move a value by a whole step, so there the bound is looser and
-    the greedy tokens must agree."""
-    rtol = 5e-3 if request.node.callspec.id.endswith("q8_0") else RTOL
+    rounds activations, and up to FEW rows run integer dot products where more rows
+    run BLAS on the same rounded numbers: a different order of float additions
+    before a rounding can move a value by a whole step (1/127 of its group's
+    largest, near 0.8%), so there the bound is 1% and the greedy tokens must agree."""
+    rtol = 1e-2 if request.node.callspec.id.endswith("q8_0") else RTOL
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, model.config.vocab_size, n) for n in (3, 12, 1, 7)]
     caches = [model.empty_cache(32) for _ in prompts]

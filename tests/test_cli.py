@@ -218,14 +218,14 @@ def test_threads_go_to_our_kernels_and_blas_keeps_one(checkpoint, capsys,
     monkeypatch.setattr(threads, "set_kernel_threads",
                         lambda n: kernel.append(n) or real_kernel(n))
     # (arguments, BLAS threads, kernel threads): ours take them, BLAS keeps one
-    cases = [([], 1, None), (["--threads", "2"], 1, 2), (["--threads", "0"], 1, None)]
+    cases = [([], 1, 1), (["--threads", "2"], 1, 2), (["--threads", "0"], 1, None)]
     for args, want_blas, want_kernel in cases:
         kernel.clear()
         assert main(["generate", "To be", "--model", str(checkpoint), "--temperature",
                      "0", "--max-new-tokens", "8", *args]) == 0
         texts.append(capsys.readouterr().out)
         assert blas[-1] == want_blas
-        assert kernel == ([want_kernel] if args else [])
+        assert kernel == [want_kernel]
     assert texts[1] == texts[0]  # the same greedy text, whoever multiplies
     real_kernel(1)
     assert "must be >= 0, got -1" in one_line_error(
