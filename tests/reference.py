@@ -45,3 +45,15 @@ def missing(message: str) -> None:
     if REQUIRED:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def logits_of(model, ids):
+    """A transformers model's logits for one sequence of ids, as NumPy. -> (T, V)"""
+    torch = require("torch")
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)[None]).logits[0].numpy()
+
+
+def rel_error(ours, ref) -> float:
+    """The largest gap between two arrays, relative to the reference's largest value."""
+    return float(abs(ours - ref).max() / abs(ref).max())

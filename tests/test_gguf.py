@@ -12,7 +12,7 @@ import pytest
 import minigpt
 from minigpt.gguf import GGUFError, read_gguf, read_tensor
 from tests.gguf_files import write_gguf
-from tests.reference import require
+from tests.reference import logits_of, rel_error, require
 
 SHAPES = {  # tiny, but every input width a multiple of 32 (the block size)
     "llama": dict(vocab_size=96, hidden_size=64, intermediate_size=128,
@@ -50,16 +50,6 @@ def torch_model(arch: str, seed: int = 0, **changes):
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.2)
     return model
-
-
-def logits_of(model, ids: np.ndarray) -> np.ndarray:
-    torch = require("torch")
-    with torch.no_grad():
-        return model(torch.from_numpy(ids)[None]).logits[0].numpy()
-
-
-def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.mark.reference

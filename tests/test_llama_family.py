@@ -8,7 +8,7 @@ import pytest
 from minigpt.llama import load_llama
 from minigpt.models import load_model
 from minigpt.rope import llama3_divisors
-from tests.reference import require
+from tests.reference import logits_of, rel_error, require
 
 SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=48,
              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -36,16 +36,6 @@ def family_model(folder, family: str, seed: int = 0, **changes):
                 p.add_(torch.randn_like(p) * 0.2)
     model.save_pretrained(folder, safe_serialization=True)
     return model
-
-
-def logits_of(model, ids: np.ndarray) -> np.ndarray:
-    torch = require("torch")
-    with torch.no_grad():
-        return model(torch.from_numpy(ids)[None]).logits[0].numpy()
-
-
-def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.mark.reference
