@@ -46,7 +46,6 @@ from pathlib import Path
 from benchmarks.common import (
     ROOT,
     chart_path,
-    float32_as_cli,
     machine_caption,
     pyplot,
     save_results,
@@ -233,26 +232,24 @@ def engines(source: Path, binary: Path, checkpoint: Path, work: Path) -> dict:
     """(name, measure) -> function(threads) -> tok/s, for every engine and format
     compared on one checkpoint; measure is "decode" or "prefill"."""
     from minigpt import load_model
+    from minigpt.kernels import kernel_model
     from minigpt.machine_code import machine_code
     from minigpt.quantize import quantize_model
-    from minigpt.threads import threaded_model
 
     machine_code()  # compiled once, before any timing
     ggufs = {kind: convert(source, checkpoint, kind, work) for kind in ("f32", "q8_0")}
     model = load_model(checkpoint)
-    # what `python -m minigpt generate --threads t` runs: BLAS alone at one
-    # thread, our own threads at more (BLAS keeps one inside each)
-    rows, q8 = threaded_model(model), quantize_model(model, "q8_0")
+    # what `python -m minigpt generate --threads t` runs: our kernels on our
+    # threads (BLAS, for a prompt, keeps one inside each)
+    fast, q8 = kernel_model(model), quantize_model(model, "q8_0")
     found = {}
     for measure, prompt in (("decode", 0), ("prefill", PROMPT_TOKENS)):
         for kind, gguf in ggufs.items():
             found[f"llamacpp_{kind}", measure] = functools.partial(
                 lambda t, g, p: llama_tok_s(binary, g, t, p), g=gguf, p=prompt)
 
-        def float32_tok_s(threads: int, prompt: int = prompt) -> float:
-            m, blas = float32_as_cli(model, rows, threads)
-            return minigpt_tok_s(m, threads, blas, prompt)
-        found["minigpt_float32", measure] = float32_tok_s
+        found["minigpt_float32", measure] = functools.partial(
+            lambda t, p: minigpt_tok_s(fast, t, 1, p), p=prompt)
         found["minigpt_q8_0", measure] = functools.partial(
             lambda t, p: minigpt_tok_s(q8, t, 1, p), p=prompt)
     return found

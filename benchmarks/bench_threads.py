@@ -10,10 +10,11 @@ one busy process per core (plain Python loops, started here) competes for the
 CPU, as other programs do on a shared machine. The load average of the minute
 before each condition is recorded with it.
 
-The third variant is what `--threads 2` runs: `minigpt.threads.threaded_model`,
-whose products are split by rows over two plain Python threads (chapter 23), each
-calling BLAS held to one thread. Then the same for Q8_0 (`--quantize q8_0`) at one
-and two of our threads. The command line's default (`--threads`,
+The third variant is chapter 23's `minigpt.threads.threaded_model`, whose
+products are split by rows over two plain Python threads, each calling BLAS held
+to one thread. Then what the command line runs, `minigpt.kernels.kernel_model`
+(our machine code for one token, chapter 35) at one and two of our threads, and
+the same for Q8_0 (`--quantize q8_0`). The command line's default (`--threads`,
 minigpt/__main__.py DEFAULT_THREADS) is chosen from these figures; chapters 21 and
 23 show them. Writes benchmarks/results/threads.json and the chart
 decode-threads-load.
@@ -41,6 +42,7 @@ from benchmarks.common import (
 )
 from minigpt.bench import blas_threads, save_random_gpt2
 from minigpt.info import machine_info
+from minigpt.kernels import kernel_model
 from minigpt.models import load_model
 from minigpt.quantize import quantize_model
 from minigpt.threads import set_kernel_threads, threaded_model
@@ -50,6 +52,7 @@ POSITION = 80
 COUNTS = (1, 2)
 ROWS = "rows_2"  # our own 2 threads, BLAS on 1 inside each
 LABELS = {"1": "1 BLAS thread", "2": "2 BLAS threads", ROWS: "our 2 threads",
+          "kernel_1": "our kernel, 1 thread", "kernel_2": "our kernel, 2 threads",
           "q8_0_1": "q8_0, 1 thread", "q8_0_2": "q8_0, our 2 threads"}
 
 
@@ -111,14 +114,16 @@ def products_ms(model, threads: int, steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def measure(model, rows, q8, rounds: int, steps: int) -> dict:
+def measure(model, rows, fast, q8, rounds: int, steps: int) -> dict:
     """Median step of each variant: the float model on BLAS threads, the threaded
-    model (rows) and the quantised one (q8) on our threads, BLAS on one."""
+    model (rows), the kernel model (fast: what the command line runs) and the
+    quantised one (q8) on our threads, BLAS on one."""
     cache = model.empty_cache()
     model.forward_cached(np.arange(POSITION), cache, last_only=True)
     # name -> (model, BLAS threads, our threads)
     variants = {str(n): (model, n, 1) for n in COUNTS}
-    variants |= {ROWS: (rows, 1, 2), "q8_0_1": (q8, 1, 1), "q8_0_2": (q8, 1, 2)}
+    variants |= {ROWS: (rows, 1, 2), "kernel_1": (fast, 1, 1), "kernel_2": (fast, 1, 2),
+                 "q8_0_1": (q8, 1, 1), "q8_0_2": (q8, 1, 2)}
     runs: dict[str, list[float]] = {name: [] for name in variants}
     alone: dict[str, list[float]] = {name: [] for name in variants}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -140,9 +145,10 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(save_random_gpt2(Path(tmp) / "gpt2", GPTConfig()))
         rows, q8 = threaded_model(model), quantize_model(model, "q8_0")
-        as_found = measure(model, rows, q8, rounds, steps)
+        fast = kernel_model(model)
+        as_found = measure(model, rows, fast, q8, rounds, steps)
         with busy_cores(cores):
-            loaded = measure(model, rows, q8, rounds, steps)
+            loaded = measure(model, rows, fast, q8, rounds, steps)
     weights = products(model.params)
     results = {"shape": "GPT-2 124M (random weights)", "position": POSITION,
                "product_bytes": sum(w.nbytes for w in weights),
@@ -157,8 +163,9 @@ def run(quick: bool = False) -> dict:
         results[name]["rows_vs_blas_2"] = ms[ROWS] / ms["2"]
         results[name]["rows_vs_one"] = ms[ROWS] / ms["1"]
         # what --threads 2 gives over --threads 1 (> 1: faster), float and Q8_0
-        results[name]["speedup_threads_2"] = {"float32": ms["1"] / ms[ROWS],
-                                              "q8_0": ms["q8_0_1"] / ms["q8_0_2"]}
+        results[name]["speedup_threads_2"] = {
+            "float32": ms["kernel_1"] / ms["kernel_2"],
+            "q8_0": ms["q8_0_1"] / ms["q8_0_2"]}
     save_results("threads", results, command="python -m benchmarks threads")
     draw(results, machine_info())
     print({k: results[k]["step_ms"] for k in ("as_found", "loaded")})
