@@ -6,12 +6,14 @@ llama-cpp-python source distribution on PyPI (it vendors llama.cpp with its
 fetched by pip. `llama-bench` is built with CMake once, into the git-ignored
 folder .cache/peers/ (about 10 minutes on 2 cores); later runs reuse it.
 
-Two checkpoints with random weights: GPT-2 124M's shape (transformers'
+Three checkpoints with random weights: GPT-2 124M's shape (transformers'
 `GPT2LMHeadModel(GPT2Config())` after `torch.manual_seed(0)`), the one the
-decode benchmark uses, and TinyLlama 1.1B's shape (`LlamaForCausalLM`, 22 layers
-of width 2048, 4 key/value heads, vocabulary 32,000; the demo LLaMA's tokenizer
-files, which the converter pads to that vocabulary), each converted to GGUF F32
-and Q8_0 by the vendored converter. Two measures, at 1 and at 2 threads, the
+decode benchmark uses, SmolLM2 135M's and TinyLlama 1.1B's shapes
+(`LlamaForCausalLM`; the demo LLaMA's tokenizer files, which the converter pads to
+the vocabulary), each converted to GGUF F32 and Q8_0 by the vendored converter.
+GPT-2 and SmolLM2 are also made Q4_K_M by llama.cpp's `llama-quantize`, and that
+one file is what both engines run (minigpt through `minigpt.load_model`, its blocks
+multiplied as stored). Two measures, at 1 and at 2 threads, the
 engines taking turns in every round: decode, 128 tokens from an empty context
 (llama-bench's tg128; for minigpt, one prompt token then 128 steps), and prefill,
 a 512-token prompt to the first new token (llama-bench's pp512; for minigpt, the
@@ -19,7 +21,8 @@ time until `generate` yields its first token). minigpt runs as
 `generate --threads N [--quantize q8_0]` sets it up. Beside them, the peak
 resident memory of a fresh process decoding the q8_0 checkpoint. The medians and
 their ratios are saved to benchmarks/results/peers.json with llama.cpp's commit
-(GPT-2's at the top level, as before, TinyLlama's under "tinyllama"), and GPT-2's
+(GPT-2's at the top level, as before, TinyLlama's and SmolLM2's under their
+names), and GPT-2's
 decode figures are drawn as docs/assets/charts/peers-decode.svg.
 
 Skipped, with the reason printed, in a --quick run, and where CMake, a C++
@@ -64,10 +67,19 @@ TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
                  max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
                  tie_word_embeddings=False)
 # alternating rounds per model: TinyLlama's 4.4 GB of float32 take minutes a round
-ROUNDS = {"gpt2-124m": 3, "tinyllama-1.1b": 1}
+ROUNDS = {"gpt2-124m": 3, "smollm2-135m": 3, "tinyllama-1.1b": 1}
 # result keys (no dots, so a page can name them) -> chart labels
 LABELS = {"llamacpp_f32": "llama.cpp F32", "llamacpp_q8_0": "llama.cpp Q8_0",
-          "minigpt_float32": "minigpt float32", "minigpt_q8_0": "minigpt q8_0"}
+          "llamacpp_q4_k_m": "llama.cpp Q4_K_M",
+          "minigpt_float32": "minigpt float32", "minigpt_q8_0": "minigpt q8_0",
+          "minigpt_q4_k_m": "minigpt Q4_K_M"}
+# SmolLM2-135M's shape (its config.json), random weights: 576 wide, so llama.cpp's
+# Q4_K_M holds mostly Q5_0 (rows that are not a multiple of 256)
+SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+               num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+               max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=100000.0,
+               tie_word_embeddings=True)
+FOUR_BIT = ("gpt2-124m", "smollm2-135m")  # the models also timed in Q4_K_M
 
 
 class Skip(Exception):
@@ -128,10 +140,11 @@ def llama_cpp_commit() -> str:
 
 
 def build_llama_bench(source: Path) -> Path:
-    """Build llama-bench once (native CPU flags, no network code); its path."""
+    """Build llama-bench and llama-quantize once (native CPU flags, no network
+    code); llama-bench's path (llama-quantize lies beside it)."""
     build = CACHE / f"build-{LLAMA_CPP_PYTHON}"
     binary = build / "bin" / "llama-bench"
-    if binary.exists():
+    if binary.exists() and (build / "bin" / "llama-quantize").exists():
         return binary
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -140,7 +153,7 @@ def build_llama_bench(source: Path) -> Path:
           flush=True)
     for command in (["cmake", "-S", str(source), "-B", str(build), *flags],
                     ["cmake", "--build", str(build), "--target", "llama-bench",
-                     "-j", str(os.cpu_count() or 1)]):
+                     "llama-quantize", "-j", str(os.cpu_count() or 1)]):
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return binary
 
@@ -181,6 +194,15 @@ def save_tinyllama(folder: Path, shape: dict | None = None) -> None:
     size = (shape or TINYLLAMA)["vocab_size"]
     vocab.update({f"<unused_{i}>": i for i in range(len(vocab), size)})
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+
+
+def quantize_q4_k_m(binary: Path, f32: Path) -> Path:
+    """llama.cpp's Q4_K_M of an F32 GGUF, by its own llama-quantize."""
+    target = f32.with_name(f32.name.replace("-f32", "-q4_k_m"))
+    if not target.exists():
+        subprocess.run([str(binary.with_name("llama-quantize")), str(f32), str(target),
+                        "Q4_K_M"], check=True, capture_output=True)
+    return target
 
 
 def convert(source: Path, checkpoint: Path, kind: str, out: Path) -> Path:
@@ -238,6 +260,10 @@ def engines(source: Path, binary: Path, checkpoint: Path, work: Path) -> dict:
 
     machine_code()  # compiled once, before any timing
     ggufs = {kind: convert(source, checkpoint, kind, work) for kind in ("f32", "q8_0")}
+    q4 = checkpoint.name in FOUR_BIT
+    if q4:  # the same file for both engines, in llama.cpp's own 4-bit mix
+        ggufs["q4_k_m"] = quantize_q4_k_m(binary, ggufs["f32"])
+        four = load_model(ggufs["q4_k_m"])  # its blocks multiplied as stored
     model = load_model(checkpoint)
     # what `python -m minigpt generate --threads t` runs: our kernels on our
     # threads (BLAS, for a prompt, keeps one inside each)
@@ -252,6 +278,9 @@ def engines(source: Path, binary: Path, checkpoint: Path, work: Path) -> dict:
             lambda t, p: minigpt_tok_s(fast, t, 1, p), p=prompt)
         found["minigpt_q8_0", measure] = functools.partial(
             lambda t, p: minigpt_tok_s(q8, t, 1, p), p=prompt)
+        if q4:
+            found["minigpt_q4_k_m", measure] = functools.partial(
+                lambda t, p: minigpt_tok_s(four, t, 1, p), p=prompt)
     return found
 
 
@@ -294,7 +323,9 @@ def as_keys(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
 def ratios(tok_s: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
     """minigpt over llama.cpp, float32 against F32 and q8_0 against Q8_0."""
     pairs = {"float32_vs_f32": ("minigpt_float32", "llamacpp_f32"),
-             "q8_0_vs_q8_0": ("minigpt_q8_0", "llamacpp_q8_0")}
+             "q8_0_vs_q8_0": ("minigpt_q8_0", "llamacpp_q8_0"),
+             "q4_k_m_vs_q4_k_m": ("minigpt_q4_k_m", "llamacpp_q4_k_m"),
+             "q4_k_m_vs_own_q8_0": ("minigpt_q4_k_m", "minigpt_q8_0")}
     return {key: {str(t): tok_s[ours][t] / tok_s[theirs][t] for t in THREADS}
             for key, (ours, theirs) in pairs.items()
             if ours in tok_s and theirs in tok_s}
@@ -343,6 +374,8 @@ def run(quick: bool = False) -> None:
         binary = build_llama_bench(source)
         found = {}
         for name, save in (("gpt2-124m", save_checkpoint),
+                           ("smollm2-135m", functools.partial(save_tinyllama,
+                                                              shape=SMOLLM2)),
                            ("tinyllama-1.1b", save_tinyllama)):
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
@@ -363,6 +396,8 @@ def run(quick: bool = False) -> None:
         **found["gpt2-124m"],
         "tinyllama": {"model": "TinyLlama 1.1B shape, random weights",
                       **found["tinyllama-1.1b"]},
+        "smollm2": {"model": "SmolLM2 135M shape, random weights",
+                    **found["smollm2-135m"]},
     }
     path = save_results("peers", results, command="python -m benchmarks peers")
     decode = {n: {int(t): v for t, v in by.items()}
