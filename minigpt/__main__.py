@@ -293,20 +293,28 @@ def warn(message: str, kind: str = "warning") -> None:
 
 
 # --8<-- [start:cli-quantize]
+# building our machine code takes a fifth of a second: below this many bytes of
+# weights, one thread of BLAS starts sooner and decodes about as fast
+WORTH_COMPILING = 50_000_000
+
+
 def open_model(args: argparse.Namespace):
     """--model's model: quantised if it was saved so or --quantize asks for it,
     its products run by our own kernels on --threads threads."""
     from minigpt.models import is_gguf, load_model, saved_scheme
 
     saved = saved_scheme(args.model)  # None for a float checkpoint
+    from minigpt.bench import weight_bytes
     from minigpt.kernels import kernel_model
     from minigpt.threads import set_kernel_threads
 
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
-    if not (args.quantize or saved):  # float32: our code for a few tokens
-        model = kernel_model(load_model(args.model))
+    if not (args.quantize or saved):
+        model = load_model(args.model)
+        if weight_bytes(model.params) > WORTH_COMPILING or args.threads != 1:
+            model = kernel_model(model)  # float32: our code for a few tokens
     elif is_gguf(args.model) and args.quantize == "q8_0":  # blocks as stored
         from minigpt.gguf_q8_0 import load_gguf_q8_0
 
