@@ -1,0 +1,422 @@
+"""Four-bit kernels: GGUF's block formats multiplied as they are stored.
+
+A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q6_K, Q5_0 or Q4_0 as its bytes, one
+row of blocks per output (a view of the mapped file), and stands in for the
+float32 array as chapter 29's `QuantMatrix` does. One token (`x` of one row) runs
+machine code of our own: the activations are rounded to Q8_0 as chapter 30 rounds
+them, and each group of 32 weights is unpacked from its nibbles (and high bits) in
+registers and summed against them in integers, then scaled once by the block's
+scales; a token so reads about 4.5 bits a weight. A prompt decodes a tile of rows
+at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model with these
+matrices packed and every other tensor as `load_gguf` reads it.
+
+Leaves out on purpose: Q5_K and the other formats (decoded to float32 at load),
+integer kernels for a prompt, and processors without AVX2 (the tile path runs).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import sys
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from minigpt.gguf import GGUFError, GGUFFile, read_gguf, read_tensor
+from minigpt.gguf_models import (
+    GPT2_BLOCK,
+    GPT2_NAMES,
+    LLAMA_BLOCK,
+    LLAMA_NAMES,
+    gpt2_config,
+    hf_names,
+    llama_config,
+    load_gguf,
+    meta,
+)
+from minigpt.kernels import TILE, rounded
+from minigpt.kquants import GGML_TYPES
+from minigpt.kvcache import CachedGPT
+from minigpt.llama import LLAMA_FAMILY, LlamaModel, llama_names
+from minigpt.machine_code import (
+    PREFETCH,
+    compile_object,
+    counted,
+    declare,
+    elf_text,
+    executable,
+    in_child,
+    ir,
+    lane_sum,
+    machine_code,
+    prefetch,
+    splat,
+    this_processor,
+)
+from minigpt.rope import interleaved_to_half
+from minigpt.threads import TABLES, blas, split_rows, token_rows
+from minigpt.weights import gpt2_names, put
+
+__all__ = ["KINDS", "BlockMatrix", "block_code", "block_matmul",
+           "reference_block_matmul"]
+
+# --8<-- [start:block-matrix]
+KINDS = {"Q4_0": 2, "Q5_0": 6, "Q4_K": 12, "Q6_K": 14}  # kept packed: ggml's ids
+
+
+@dataclass(frozen=True)
+class BlockMatrix:
+    """A matrix kept in a GGUF block format, as stored; it stands in for the array."""
+
+    kind: str  # "Q4_K", "Q6_K", "Q5_0" or "Q4_0"
+    raw: np.ndarray  # [R, blocks per row * bytes per block] uint8: row r's blocks
+    transposed: bool = False  # True: stands for the [K, R] matrix, a weight
+
+    __array_ufunc__ = None  # NumPy then hands `x @ W` to W.__rmatmul__
+    ndim = 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        t = GGML_TYPES[KINDS[self.kind]]
+        rows = (len(self.raw), self.raw.shape[1] // t.size * t.block)  # [R, K]
+        return rows[::-1] if self.transposed else rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes  # what a product has to read
+
+    @property
+    def T(self) -> BlockMatrix:  # noqa: N802 (NumPy's name)
+        return replace(self, transposed=not self.transposed)  # no copy
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """Some rows as float32, as a table is read (embeddings). -> (..., K)"""
+        if self.transposed:
+            raise TypeError("index a BlockMatrix by rows, not through .T")
+        return decoded(self.kind, self.raw[rows])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole matrix as float32 (for code that wants an array: slow)."""
+        a = decoded(self.kind, self.raw)
+        return (a.T if self.transposed else a).astype(dtype or np.float32)
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        """x @ W. x: (..., K), W: (K, N) -> (..., N)"""
+        return block_matmul(x, self)
+
+
+def decoded(kind: str, raw: np.ndarray) -> np.ndarray:
+    """Rows of blocks -> float32 rows, by chapter 33's decoders. (..., B) -> (..., K)"""
+    t = GGML_TYPES[KINDS[kind]]
+    values = t.decode(np.asarray(raw).reshape(-1, t.size))  # [blocks, block]
+    return values.reshape(*raw.shape[:-1], raw.shape[-1] // t.size * t.block)
+# --8<-- [end:block-matrix]
+
+
+# --8<-- [start:block-matmul]
+def reference_block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
+    """What one token's machine code computes, in plain NumPy: the activations
+    rounded to Q8_0, times the decoded weights. x: (T, K), w: (K, N) -> (T, N)"""
+    from minigpt.quantize import dequantize, quantize_groups
+
+    return dequantize(*quantize_groups(x, 32)) @ decoded(w.kind, w.raw).T
+
+
+def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
+    """x @ w: our machine code for one token, else BLAS on decoded tiles, split
+    by rows over the threads. x: (..., K), w: (K, N) -> (..., N)"""
+    x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
+    code = block_code()
+    out = np.empty((len(x2), len(w.raw)), np.float32)  # [T, N]
+    if len(x2) == 1 and w.kind in code:
+        split_rows(one_token(x2, w, code[w.kind], out), len(w.raw))
+    else:
+        split_rows(tiles(x2, w, out), len(w.raw))
+    return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
+
+
+def one_token(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
+    """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
+    xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
+    xq = np.ascontiguousarray(xq, np.int16)
+    xs = xq.reshape(-1, 32).sum(axis=1, dtype=np.int32)  # sum of each 32
+    raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
+
+    def work(a: int, b: int) -> None:  # a call releases the GIL
+        kernel(raw[a:b], xq, xd, xs, out[0, a:b])
+    return work
+
+
+def tiles(x: np.ndarray, w: BlockMatrix, out: np.ndarray):
+    """work(a, b): rows a:b of x @ w, a tile of rows decoded at a time into
+    float32 for BLAS. x: (T, K) float32 -> out: (T, N)"""
+    def work(a: int, b: int) -> None:
+        for r in range(a, b, TILE):
+            s = min(r + TILE, b)
+            blas(decoded(w.kind, w.raw[r:s]), x, out[:, r:s])
+    return work
+# --8<-- [end:block-matmul]
+
+
+# --8<-- [start:block-ir-helpers]
+def vector_at(builder, base, offset, lanes: int, bits: int):
+    """lanes integers of `bits` bits, loaded from byte `offset` of `base` (i8*)."""
+    v = ir.VectorType(ir.IntType(bits), lanes)
+    at = builder.gep(base, [ir.IntType(64)(offset)]) if offset else base
+    return builder.load(builder.bitcast(at, v.as_pointer()), align=1)
+
+
+def byte_at(builder, base, offset: int, signed: bool = False):
+    """Byte `offset` of `base` as an int32 (zero- or sign-extended)."""
+    b = builder.load(builder.gep(base, [ir.IntType(64)(offset)]))
+    return (builder.sext if signed else builder.zext)(b, ir.IntType(32))
+
+
+def half_at(builder, base, offset: int):
+    """The float16 at byte `offset` of `base`, as a float32."""
+    v = vector_at(builder, base, offset, 1, 16)
+    h = builder.bitcast(builder.extract_element(v, ir.IntType(32)(0)), ir.HalfType())
+    return builder.fpext(h, ir.FloatType())
+
+
+def wide(builder, base, offset: int):
+    """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
+    return builder.zext(vector_at(builder, base, offset, 16, 8),
+                        ir.VectorType(ir.IntType(16), 16))
+
+
+def madd(builder, q, x, value: int):
+    """8 int32: pairs of q (16 int16) times x[value:value + 16] (int16), added."""
+    v16 = ir.VectorType(ir.IntType(16), 16)
+    fn = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
+                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
+    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
+                                      v16.as_pointer()), align=2)
+    return builder.call(fn, [q, xv])
+# --8<-- [end:block-ir-helpers]
+
+
+# --8<-- [start:q4-k-block]
+def q4_k_block(builder, b, x, xd, xs, k):
+    """One Q4_K super-block (144 bytes) against 256 activations: a list of
+    (8 int32 dot lanes, float scale) and a float to add."""
+    d, dmin = half_at(builder, b, 0), half_at(builder, b, 2)
+    s = [byte_at(builder, b, 4 + i) for i in range(12)]  # the packed 6-bit fields
+    low, and_ = builder.lshr, builder.and_
+    sc = [and_(s[j], s[0].type(63)) for j in range(4)] + [builder.or_(
+        and_(s[j + 4], s[0].type(15)), builder.shl(low(s[j - 4], s[0].type(6)),
+                                                   s[0].type(4))) for j in range(4, 8)]
+    m = [and_(s[j + 4], s[0].type(63)) for j in range(4)] + [builder.or_(
+        low(s[j + 4], s[0].type(4)), builder.shl(low(s[j], s[0].type(6)),
+                                                 s[0].type(4))) for j in range(4, 8)]
+    pairs, minus = [], None
+    for j in range(8):  # sub-blocks 2p and 2p+1 share bytes 32p..32p+31
+        p, dot = j // 2, None
+        for h in (0, 16):
+            q = wide(builder, b, 16 + 32 * p + h)
+            q = and_(q, k["15"]) if j % 2 == 0 else low(q, q.type(splat_int(4)))
+            term = madd(builder, q, x, 32 * j + h)
+            dot = term if dot is None else builder.add(dot, term)
+        xdj = builder.load(builder.gep(xd, [ir.IntType(64)(j)]))
+        fm = builder.fmul
+        pairs.append((dot, fm(fm(d, builder.uitofp(sc[j], d.type)), xdj)))
+        low_j = fm(fm(dmin, builder.uitofp(m[j], d.type)), fm(xdj, builder.sitofp(
+            builder.load(builder.gep(xs, [ir.IntType(64)(j)])), d.type)))
+        minus = low_j if minus is None else builder.fadd(minus, low_j)
+    return pairs, minus
+
+
+def splat_int(n: int) -> list[int]:
+    """A shift of every lane by n: LLVM turns it into one immediate shift."""
+    return [n] * 16
+# --8<-- [end:q4-k-block]
+
+
+# --8<-- [start:q6-k-block]
+def q6_k_block(builder, b, x, xd, xs, k):
+    """One Q6_K super-block (210 bytes) against 256 activations: 16 pairs of
+    (8 int32 dot lanes, float scale), nothing to add."""
+    d, pairs = half_at(builder, b, 208), []
+    for v in range(0, 256, 16):  # 16 values share a sub-scale
+        h, s, e = v // 128, v % 128 // 32, v % 32  # half, quarter, which 16
+        nib = wide(builder, b, 64 * h + 32 * (s % 2) + e)  # the low 4 bits
+        nib = builder.and_(nib, k["15"]) if s < 2 else \
+            builder.lshr(nib, nib.type(splat_int(4)))
+        top = wide(builder, b, 128 + 32 * h + e)  # 2 high bits at bits 2s, 2s+1
+        top = builder.and_(builder.lshr(top, top.type(splat_int(2 * s))), k["3"])
+        q = builder.sub(builder.or_(nib, builder.shl(top, top.type(splat_int(4)))),
+                        k["32"])  # 0..63 -> -32..31
+        sub = builder.sitofp(byte_at(builder, b, 192 + v // 16, signed=True),
+                             d.type)
+        xdv = builder.load(builder.gep(xd, [ir.IntType(64)(v // 32)]))
+        pairs.append((madd(builder, q, x, v),
+                      builder.fmul(builder.fmul(d, sub), xdv)))
+    return pairs, None
+# --8<-- [end:q6-k-block]
+
+
+# --8<-- [start:q5-0-q4-0-block]
+def q5_0_block(builder, b, x, xd, xs, k):
+    """One Q5_0 block (22 bytes) against 32 activations: value = nibble +
+    16 * fifth bit - 16, the -16 taken as -16 * sum(x) once."""
+    d = half_at(builder, b, 0)
+    bits = vector_at(builder, b, 2, 1, 32)
+    bits = builder.extract_element(bits, ir.IntType(32)(0))  # bit j: value j
+    i16, dot = ir.IntType(16), None
+    for e in (0, 16):
+        nib = wide(builder, b, 6)  # value j < 16: low nibble of byte j, else high
+        nib = builder.and_(nib, k["15"]) if e == 0 else \
+            builder.lshr(nib, nib.type(splat_int(4)))
+        these = builder.trunc(builder.lshr(bits, bits.type(e)), i16)
+        # lane j of `lanes` holds 1 << j: set where value j's fifth bit is
+        on = builder.icmp_unsigned("!=", builder.and_(splat(builder, these, 16),
+                                                      k["lanes"]), nib.type(None))
+        fifth = builder.and_(builder.sext(on, nib.type), k["16"])
+        term = madd(builder, builder.or_(nib, fifth), x, e)
+        dot = term if dot is None else builder.add(dot, term)
+    scale = builder.fmul(d, builder.load(xd))  # -16 * sum(x), in integers
+    low = builder.sitofp(builder.mul(builder.load(xs), bits.type(16)), d.type)
+    return [(dot, scale)], builder.fmul(scale, low)
+
+
+def q4_0_block(builder, b, x, xd, xs, k):
+    """One Q4_0 block (18 bytes) against 32 activations: value = nibble - 8."""
+    d, dot = half_at(builder, b, 0), None
+    for e in (0, 16):
+        nib = wide(builder, b, 2)
+        nib = builder.and_(nib, k["15"]) if e == 0 else \
+            builder.lshr(nib, nib.type(splat_int(4)))
+        term = madd(builder, nib, x, e)
+        dot = term if dot is None else builder.add(dot, term)
+    scale = builder.fmul(d, builder.load(xd))
+    low = builder.sitofp(builder.mul(builder.load(xs), xs.type.pointee(8)), d.type)
+    return [(dot, scale)], builder.fmul(scale, low)
+# --8<-- [end:q5-0-q4-0-block]
+
+
+# --8<-- [start:block-rows-ir]
+BLOCKS = {"Q4_0": q4_0_block, "Q5_0": q5_0_block, "Q4_K": q4_k_block,
+          "Q6_K": q6_k_block}
+# the constants the blocks need, passed in memory: a vector constant in the code
+# would be loaded from a data section, which elf_text refuses
+CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 15, 3, 32, 16], np.int16)
+
+
+def constants(builder, table) -> dict:
+    """The lanes 1 << j and the numbers 15, 3, 32, 16, each in 16 int16 lanes."""
+    k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
+        ir.IntType(16), 16).as_pointer()), align=2)}
+    for i, name in enumerate(("15", "3", "32", "16")):
+        k[name] = splat(builder, builder.load(builder.gep(
+            table, [ir.IntType(64)(16 + i)])), 16)
+    return k
+
+
+def block_rows_ir(module, kind: str):
+    """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n of
+    W (B blocks each) times x, rounded to Q8_0 (xd: scales, xs: sums per 32)."""
+    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
+    fp, i32p = f32.as_pointer(), ir.IntType(32).as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        i8.as_pointer(), i16.as_pointer(), fp, i32p, i16.as_pointer(), fp, i64, i64]),
+        f"minigpt_{kind.lower()}_rows")
+    w, x, xd, xs, table, out, N, B = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    dot = block_dot_ir(module, kind)
+    t = GGML_TYPES[KINDS[kind]]
+    with counted(builder, N) as n:
+        row = builder.gep(w, [builder.mul(n, builder.mul(B, i64(t.size)))])
+        builder.store(builder.call(dot, [row, x, xd, xs, table, B]),
+                      builder.gep(out, [n]))
+    builder.ret_void()
+    return fn
+
+
+def block_dot_ir(module, kind: str):
+    """float <kind>_dot(row, x, xd, xs, table, B): one row of B blocks times x."""
+    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
+    v8f32, fp = ir.VectorType(f32, 8), f32.as_pointer()
+    fn = declare(module, f"minigpt_{kind.lower()}_dot", f32, [
+        i8.as_pointer(), i16.as_pointer(), fp, ir.IntType(32).as_pointer(),
+        i16.as_pointer(), i64])
+    fn.linkage = "internal"  # called only from this module: no symbol to look up
+    fn.attributes.add("noinline")
+    row, x, xd, xs, table, B = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    k, t = constants(builder, table), GGML_TYPES[KINDS[kind]]
+    acc, rest = builder.alloca(v8f32), builder.alloca(f32)
+    builder.store(v8f32(None), acc)
+    builder.store(f32(0.0), rest)
+    with counted(builder, B) as blk:
+        b = builder.gep(row, [builder.mul(blk, i64(t.size))])
+        prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
+        g = builder.mul(blk, i64(t.block // 32))  # the block's first group of 32
+        pairs, minus = BLOCKS[kind](
+            builder, b, builder.gep(x, [builder.mul(g, i64(32))]),
+            builder.gep(xd, [g]), builder.gep(xs, [g]), k)
+        terms = [builder.fmul(builder.sitofp(dot, v8f32), splat(builder, s, 8))
+                 for dot, s in pairs]
+        while len(terms) > 1:  # a tree of adds: short chains of waiting
+            terms = [builder.fadd(*terms[i:i + 2]) if i + 1 < len(terms)
+                     else terms[i] for i in range(0, len(terms), 2)]
+        builder.store(builder.fadd(builder.load(acc), terms[0]), acc)
+        if minus is not None:  # Q4_K's mins, Q5_0's and Q4_0's offsets
+            builder.store(builder.fadd(builder.load(rest), minus), rest)
+    builder.ret(builder.fsub(lane_sum(builder, builder.load(acc)),
+                             builder.load(rest)))
+    return fn
+# --8<-- [end:block-rows-ir]
+
+
+# --8<-- [start:block-code]
+@dataclass(frozen=True)
+class BlockKernel:
+    """A block_rows_ir function called through ctypes: out = W x for one token."""
+
+    code: object  # the memory holding the code: it must live as long as fn
+    fn: object  # void (w, x, xd, xs, table, out, N, B); a call releases the GIL
+    kind: str
+
+    def __call__(self, raw, xq, xd, xs, out) -> None:
+        """raw: (N, B * size) uint8, xq: (1, K) int16, xd: (1, K/32) float32, xs: (K/32,) int32
+        -> out: (N,) float32"""
+        t = GGML_TYPES[KINDS[self.kind]]
+        (N, width), K = raw.shape, xq.shape[-1]
+        want = [(raw, np.uint8, (N, K // t.block * t.size)), (xq, np.int16, (1, K)),
+                (xd, np.float32, (1, K // 32)), (xs, np.int32, (K // 32,)),
+                (out, np.float32, (N,))]
+        # the machine code trusts its pointers: a wrong array would crash Python
+        if K % t.block or not all(a.dtype == d and a.shape == s and
+                                  a.flags.c_contiguous for a, d, s in want):
+            raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
+                             f"shape or layout for N={N}, K={K}")
+        self.fn(raw.ctypes.data, xq.ctypes.data, xd.ctypes.data, xs.ctypes.data,
+                CONSTANTS.ctypes.data, out.ctypes.data, N, K // t.block)
+
+
+@functools.cache
+def block_code() -> dict:
+    """kind -> BlockKernel, compiled by this process on first use; {} where
+    there is no machine code (not Linux on x86-64 with AVX2, no llvmlite)."""
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"
+            and ir is not None and " avx2" in this_processor()):
+        return {}
+    module = ir.Module("minigpt_block_kernels")
+    names = [block_rows_ir(module, kind).name for kind in KINDS]
+    try:
+        code, starts = elf_text(in_child(compile_object, str(module)), names)
+        memory, base = executable(code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        warnings.warn(f"no block machine code ({exc}); BLAS on decoded tiles runs",
+                      stacklevel=2)
+        return {}
+    import ctypes
+
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    rows = ctypes.CFUNCTYPE(None, p, p, p, p, p, p, i, i)  # C's calling rules
+    return {kind: BlockKernel(memory, rows(base + starts[name]), kind)
+            for kind, name in zip(KINDS, names, strict=True)}
+# --8<-- [end:block-code]
