@@ -60,8 +60,8 @@ from minigpt.rope import interleaved_to_half
 from minigpt.threads import TABLES, blas, split_rows, token_rows
 from minigpt.weights import gpt2_names, put
 
-__all__ = ["KINDS", "BlockMatrix", "block_code", "block_matmul",
-           "reference_block_matmul"]
+__all__ = ["KINDS", "BlockMatrix", "block_code", "block_matmul", "block_matrix",
+           "block_params", "load_gguf_blocks", "reference_block_matmul"]
 
 # --8<-- [start:block-matrix]
 KINDS = {"Q4_0": 2, "Q5_0": 6, "Q4_K": 12, "Q6_K": 14}  # kept packed: ggml's ids
@@ -142,7 +142,7 @@ def one_token(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
     """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
     xq = np.ascontiguousarray(xq, np.int16)
-    xs = xq.reshape(-1, 32).sum(axis=1, dtype=np.int32)  # sum of each 32
+    xs = xd[0] * xq.reshape(-1, 32).sum(axis=1).astype(np.float32)  # sums of 32
     raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
 
     def work(a: int, b: int) -> None:  # a call releases the GIL
@@ -200,61 +200,82 @@ def madd(builder, q, x, value: int):
 
 
 # --8<-- [start:q4-k-block]
+def sums8(builder, dots: list):
+    """8 vectors of 8 int32 -> one whose lane j is the sum of dots[j]'s lanes."""
+    v8i32 = dots[0].type
+    hadd = declare(builder.module, "llvm.x86.avx2.phadd.d", v8i32, [v8i32] * 2)
+    pairs = [builder.call(hadd, dots[i:i + 2]) for i in range(0, 8, 2)]
+    quads = [builder.call(hadd, pairs[i:i + 2]) for i in (0, 2)]
+    # each 128-bit half of quads[0] holds a part of the sums of dots 0-3: add them
+    i32 = ir.IntType(32)
+    first, second = (builder.shuffle_vector(*quads, ir.Constant(
+        ir.VectorType(i32, 8), [s + i for i in (0, 1, 2, 3, 8, 9, 10, 11)]))
+        for s in (0, 4))
+    return builder.add(first, second)
+
+
+def bytes8(builder, low, high):
+    """Two int32 of 4 bytes each -> their 8 bytes as 8 int32 lanes."""
+    i32 = ir.IntType(32)
+    two = ir.Constant(ir.VectorType(i32, 2), ir.Undefined)
+    two = builder.insert_element(builder.insert_element(two, low, i32(0)), high,
+                                 i32(1))
+    eight = builder.bitcast(two, ir.VectorType(ir.IntType(8), 8))
+    return builder.zext(eight, ir.VectorType(i32, 8))
+
+
 def q4_k_block(builder, b, x, xd, xs, k):
-    """One Q4_K super-block (144 bytes) against 256 activations: a list of
-    (8 int32 dot lanes, float scale) and a float to add."""
+    """One Q4_K super-block (144 bytes) against 256 activations: [(lane j: the
+    integer dot of sub-block j, lane j: its scale)], and what to subtract."""
     d, dmin = half_at(builder, b, 0), half_at(builder, b, 2)
-    s = [byte_at(builder, b, 4 + i) for i in range(12)]  # the packed 6-bit fields
-    low, and_ = builder.lshr, builder.and_
-    sc = [and_(s[j], s[0].type(63)) for j in range(4)] + [builder.or_(
-        and_(s[j + 4], s[0].type(15)), builder.shl(low(s[j - 4], s[0].type(6)),
-                                                   s[0].type(4))) for j in range(4, 8)]
-    m = [and_(s[j + 4], s[0].type(63)) for j in range(4)] + [builder.or_(
-        low(s[j + 4], s[0].type(4)), builder.shl(low(s[j], s[0].type(6)),
-                                                 s[0].type(4))) for j in range(4, 8)]
-    pairs, minus = [], None
+    a, m4, c = (builder.extract_element(vector_at(builder, b, at, 1, 32),
+                                        ir.IntType(32)(0)) for at in (4, 8, 12))
+    i32, low, and_, or_ = a.type, builder.lshr, builder.and_, builder.or_
+    # four 6-bit fields at a time: scales 0-3 in a, mins 0-3 in m4; 4-7 are 4 bits
+    # of c and the top 2 bits of a (scales) or m4 (mins)
+    top = [builder.shl(and_(low(v, i32(6)), i32(0x03030303)), i32(4)) for v in (a, m4)]
+    sc = bytes8(builder, and_(a, i32(0x3F3F3F3F)),
+                or_(and_(c, i32(0x0F0F0F0F)), top[0]))
+    m = bytes8(builder, and_(m4, i32(0x3F3F3F3F)),
+               or_(and_(low(c, i32(4)), i32(0x0F0F0F0F)), top[1]))
+    v8f32 = ir.VectorType(ir.FloatType(), 8)
+    dots = []
     for j in range(8):  # sub-blocks 2p and 2p+1 share bytes 32p..32p+31
-        p, dot = j // 2, None
-        for h in (0, 16):
-            q = wide(builder, b, 16 + 32 * p + h)
-            q = and_(q, k["15"]) if j % 2 == 0 else low(q, q.type(splat_int(4)))
-            term = madd(builder, q, x, 32 * j + h)
-            dot = term if dot is None else builder.add(dot, term)
-        xdj = builder.load(builder.gep(xd, [ir.IntType(64)(j)]))
-        fm = builder.fmul
-        pairs.append((dot, fm(fm(d, builder.uitofp(sc[j], d.type)), xdj)))
-        low_j = fm(fm(dmin, builder.uitofp(m[j], d.type)), fm(xdj, builder.sitofp(
-            builder.load(builder.gep(xs, [ir.IntType(64)(j)])), d.type)))
-        minus = low_j if minus is None else builder.fadd(minus, low_j)
-    return pairs, minus
-
-
-def splat_int(n: int) -> list[int]:
-    """A shift of every lane by n: LLVM turns it into one immediate shift."""
-    return [n] * 16
+        halves = [wide(builder, b, 16 + 32 * (j // 2) + h) for h in (0, 16)]
+        halves = [and_(q, k["15"]) if j % 2 == 0 else low(q, q.type([4] * 16))
+                  for q in halves]
+        dots.append(builder.add(madd(builder, halves[0], x, 32 * j),
+                                madd(builder, halves[1], x, 32 * j + 16)))
+    fm, xdv, xsv = builder.fmul, *(builder.load(builder.bitcast(
+        p, v8f32.as_pointer()), align=4) for p in (xd, xs))
+    scales = fm(fm(builder.uitofp(sc, v8f32), xdv), splat(builder, d, 8))
+    mins = fm(fm(builder.uitofp(m, v8f32), xsv), splat(builder, dmin, 8))
+    return [(sums8(builder, dots), scales)], mins
 # --8<-- [end:q4-k-block]
 
 
 # --8<-- [start:q6-k-block]
 def q6_k_block(builder, b, x, xd, xs, k):
-    """One Q6_K super-block (210 bytes) against 256 activations: 16 pairs of
-    (8 int32 dot lanes, float scale), nothing to add."""
-    d, pairs = half_at(builder, b, 208), []
+    """One Q6_K super-block (210 bytes) against 256 activations: [(lane g: the
+    dot of the 32 values of group g, each 16 times its int8 sub-scale, lane g:
+    d times the activations' scale)], nothing to subtract."""
+    d, dots, i16 = half_at(builder, b, 208), [], ir.IntType(16)
     for v in range(0, 256, 16):  # 16 values share a sub-scale
         h, s, e = v // 128, v % 128 // 32, v % 32  # half, quarter, which 16
         nib = wide(builder, b, 64 * h + 32 * (s % 2) + e)  # the low 4 bits
         nib = builder.and_(nib, k["15"]) if s < 2 else \
-            builder.lshr(nib, nib.type(splat_int(4)))
+            builder.lshr(nib, nib.type([4] * 16))
         top = wide(builder, b, 128 + 32 * h + e)  # 2 high bits at bits 2s, 2s+1
-        top = builder.and_(builder.lshr(top, top.type(splat_int(2 * s))), k["3"])
-        q = builder.sub(builder.or_(nib, builder.shl(top, top.type(splat_int(4)))),
+        top = builder.and_(builder.lshr(top, top.type([2 * s] * 16)), k["3"])
+        q = builder.sub(builder.or_(nib, builder.shl(top, top.type([4] * 16))),
                         k["32"])  # 0..63 -> -32..31
-        sub = builder.sitofp(byte_at(builder, b, 192 + v // 16, signed=True),
-                             d.type)
-        xdv = builder.load(builder.gep(xd, [ir.IntType(64)(v // 32)]))
-        pairs.append((madd(builder, q, x, v),
-                      builder.fmul(builder.fmul(d, sub), xdv)))
-    return pairs, None
+        sub = builder.trunc(byte_at(builder, b, 192 + v // 16, signed=True), i16)
+        # |q * sub| <= 32 * 128: still an int16, so the scale rides in madd
+        term = madd(builder, builder.mul(q, splat(builder, sub, 16)), x, v)
+        dots.append(term if e == 0 else builder.add(dots.pop(), term))
+    v8f32 = ir.VectorType(ir.FloatType(), 8)
+    xdv = builder.load(builder.bitcast(xd, v8f32.as_pointer()), align=4)
+    return [(sums8(builder, dots), builder.fmul(xdv, splat(builder, d, 8)))], None
 # --8<-- [end:q6-k-block]
 
 
@@ -269,7 +290,7 @@ def q5_0_block(builder, b, x, xd, xs, k):
     for e in (0, 16):
         nib = wide(builder, b, 6)  # value j < 16: low nibble of byte j, else high
         nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type(splat_int(4)))
+            builder.lshr(nib, nib.type([4] * 16))
         these = builder.trunc(builder.lshr(bits, bits.type(e)), i16)
         # lane j of `lanes` holds 1 << j: set where value j's fifth bit is
         on = builder.icmp_unsigned("!=", builder.and_(splat(builder, these, 16),
@@ -277,9 +298,8 @@ def q5_0_block(builder, b, x, xd, xs, k):
         fifth = builder.and_(builder.sext(on, nib.type), k["16"])
         term = madd(builder, builder.or_(nib, fifth), x, e)
         dot = term if dot is None else builder.add(dot, term)
-    scale = builder.fmul(d, builder.load(xd))  # -16 * sum(x), in integers
-    low = builder.sitofp(builder.mul(builder.load(xs), bits.type(16)), d.type)
-    return [(dot, scale)], builder.fmul(scale, low)
+    fm = builder.fmul
+    return [(dot, fm(d, builder.load(xd)))], fm(fm(d, builder.load(xs)), k["16.0"])
 
 
 def q4_0_block(builder, b, x, xd, xs, k):
@@ -288,40 +308,40 @@ def q4_0_block(builder, b, x, xd, xs, k):
     for e in (0, 16):
         nib = wide(builder, b, 2)
         nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type(splat_int(4)))
+            builder.lshr(nib, nib.type([4] * 16))
         term = madd(builder, nib, x, e)
         dot = term if dot is None else builder.add(dot, term)
-    scale = builder.fmul(d, builder.load(xd))
-    low = builder.sitofp(builder.mul(builder.load(xs), xs.type.pointee(8)), d.type)
-    return [(dot, scale)], builder.fmul(scale, low)
+    fm = builder.fmul
+    return [(dot, fm(d, builder.load(xd)))], fm(fm(d, builder.load(xs)), k["8.0"])
 # --8<-- [end:q5-0-q4-0-block]
 
 
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_0": q4_0_block, "Q5_0": q5_0_block, "Q4_K": q4_k_block,
           "Q6_K": q6_k_block}
-# the constants the blocks need, passed in memory: a vector constant in the code
-# would be loaded from a data section, which elf_text refuses
-CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 15, 3, 32, 16], np.int16)
+# the constants the blocks need, passed in memory: a vector or float constant in
+# the code would be loaded from a data section, which elf_text refuses
+CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 15, 3, 32, 16, 8],
+                     np.int16)
 
 
 def constants(builder, table) -> dict:
-    """The lanes 1 << j and the numbers 15, 3, 32, 16, each in 16 int16 lanes."""
+    """The lanes 1 << j and 15, 3, 32, 16 in 16 int16 lanes; 16.0 and 8.0."""
     k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
         ir.IntType(16), 16).as_pointer()), align=2)}
-    for i, name in enumerate(("15", "3", "32", "16")):
-        k[name] = splat(builder, builder.load(builder.gep(
-            table, [ir.IntType(64)(16 + i)])), 16)
-    return k
+    at = {name: builder.load(builder.gep(table, [ir.IntType(64)(16 + i)]))
+          for i, name in enumerate(("15", "3", "32", "16", "8"))}
+    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "32", "16")}
+    return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
 
 
 def block_rows_ir(module, kind: str):
     """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n of
-    W (B blocks each) times x, rounded to Q8_0 (xd: scales, xs: sums per 32)."""
+    W (B blocks each) times x in Q8_0 (xd: its scales, xs: xd * sum per 32)."""
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
-    fp, i32p = f32.as_pointer(), ir.IntType(32).as_pointer()
+    fp = f32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        i8.as_pointer(), i16.as_pointer(), fp, i32p, i16.as_pointer(), fp, i64, i64]),
+        i8.as_pointer(), i16.as_pointer(), fp, fp, i16.as_pointer(), fp, i64, i64]),
         f"minigpt_{kind.lower()}_rows")
     w, x, xd, xs, table, out, N, B = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
@@ -340,14 +360,13 @@ def block_dot_ir(module, kind: str):
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
     v8f32, fp = ir.VectorType(f32, 8), f32.as_pointer()
     fn = declare(module, f"minigpt_{kind.lower()}_dot", f32, [
-        i8.as_pointer(), i16.as_pointer(), fp, ir.IntType(32).as_pointer(),
-        i16.as_pointer(), i64])
+        i8.as_pointer(), i16.as_pointer(), fp, fp, i16.as_pointer(), i64])
     fn.linkage = "internal"  # called only from this module: no symbol to look up
     fn.attributes.add("noinline")
     row, x, xd, xs, table, B = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
     k, t = constants(builder, table), GGML_TYPES[KINDS[kind]]
-    acc, rest = builder.alloca(v8f32), builder.alloca(f32)
+    acc, rest = builder.alloca(v8f32), builder.alloca(f32)  # sums; to subtract
     builder.store(v8f32(None), acc)
     builder.store(f32(0.0), rest)
     with counted(builder, B) as blk:
@@ -357,14 +376,15 @@ def block_dot_ir(module, kind: str):
         pairs, minus = BLOCKS[kind](
             builder, b, builder.gep(x, [builder.mul(g, i64(32))]),
             builder.gep(xd, [g]), builder.gep(xs, [g]), k)
-        terms = [builder.fmul(builder.sitofp(dot, v8f32), splat(builder, s, 8))
-                 for dot, s in pairs]
-        while len(terms) > 1:  # a tree of adds: short chains of waiting
-            terms = [builder.fadd(*terms[i:i + 2]) if i + 1 < len(terms)
-                     else terms[i] for i in range(0, len(terms), 2)]
-        builder.store(builder.fadd(builder.load(acc), terms[0]), acc)
-        if minus is not None:  # Q4_K's mins, Q5_0's and Q4_0's offsets
+        total = builder.load(acc)
+        for dot, s in pairs:  # a scalar scale serves every lane
+            s = s if s.type == v8f32 else splat(builder, s, 8)
+            total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32), s))
+        if minus is not None and minus.type == v8f32:
+            total = builder.fsub(total, minus)  # Q4_K's mins
+        elif minus is not None:  # Q5_0's and Q4_0's offsets
             builder.store(builder.fadd(builder.load(rest), minus), rest)
+        builder.store(total, acc)
     builder.ret(builder.fsub(lane_sum(builder, builder.load(acc)),
                              builder.load(rest)))
     return fn
@@ -381,12 +401,12 @@ class BlockKernel:
     kind: str
 
     def __call__(self, raw, xq, xd, xs, out) -> None:
-        """raw: (N, B * size) uint8, xq: (1, K) int16, xd: (1, K/32) float32, xs: (K/32,) int32
-        -> out: (N,) float32"""
+        """raw: (N, B * size) uint8, xq: (1, K) int16, xd: (1, K/32) and
+        xs: (K/32,) float32 -> out: (N,) float32"""
         t = GGML_TYPES[KINDS[self.kind]]
-        (N, width), K = raw.shape, xq.shape[-1]
+        N, K = len(raw), xq.shape[-1]
         want = [(raw, np.uint8, (N, K // t.block * t.size)), (xq, np.int16, (1, K)),
-                (xd, np.float32, (1, K // 32)), (xs, np.int32, (K // 32,)),
+                (xd, np.float32, (1, K // 32)), (xs, np.float32, (K // 32,)),
                 (out, np.float32, (N,))]
         # the machine code trusts its pointers: a wrong array would crash Python
         if K % t.block or not all(a.dtype == d and a.shape == s and
@@ -420,3 +440,68 @@ def block_code() -> dict:
     return {kind: BlockKernel(memory, rows(base + starts[name]), kind)
             for kind, name in zip(KINDS, names, strict=True)}
 # --8<-- [end:block-code]
+
+
+# --8<-- [start:load-gguf-blocks]
+def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
+    """A matrix of the file: a BlockMatrix of its bytes if its format is one
+    of KINDS, else float32 as load_gguf reads it; heads: LLaMA's q or k."""
+    info = gguf.tensors[name]
+    kind = GGML_TYPES[info.kind].name
+    packed = kind in KINDS and len(info.shape) == 2
+    if packed:  # each row: its own blocks
+        x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
+            info.shape[0], -1)
+    else:
+        x = read_tensor(gguf, name)
+    if heads:  # Meta's interleaved rows back to rotate-half's, blocks and all
+        x = interleaved_to_half(x, heads)
+    return BlockMatrix(kind, x) if packed else x
+
+
+def block_params(gguf: GGUFFile, names: dict, table: dict, params: dict,
+                 heads: dict, out_in: bool) -> dict:
+    """Our params from the file, matrices packed where they can be, shapes
+    checked. out_in: the table gives weights [out, in] (LLaMA), else [in, out]."""
+    table = dict(table)  # ours to empty: what is left at the end is missing
+    for hf, name in names.items():
+        if hf not in table:
+            raise GGUFError(f"{gguf.path}: tensor {name!r}: not a parameter")
+        where, shape = table.pop(hf)
+        weight = len(shape) == 2 and where[0] not in TABLES
+        x = block_matrix(gguf, name, heads.get(hf))
+        want = shape[::-1] if weight and not out_in else shape  # rows are outputs
+        if tuple(x.shape) != tuple(want):
+            raise GGUFError(f"{gguf.path}: tensor {name!r}: shape {list(x.shape)}, "
+                            f"expected {list(want)} from the metadata")
+        put(params, where, x.T if weight else x)  # a weight multiplies as x @ w
+    if table:
+        raise GGUFError(f"{gguf.path}: tensor for {next(iter(table))!r}: missing")
+    return params
+
+
+def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
+    """A model from a .gguf file, its Q4_K, Q6_K, Q5_0 and Q4_0 matrices packed."""
+    gguf = read_gguf(path)
+    arch = meta(gguf, "general.architecture", str)
+    if arch not in ("gpt2", *LLAMA_FAMILY) or "token_embd.weight" not in gguf.tensors:
+        return load_gguf(path)  # which says what is wrong
+    if arch == "gpt2":
+        config = gpt2_config(gguf)
+        names = hf_names(gguf, GPT2_NAMES, GPT2_BLOCK, "h")
+        names.pop("lm_head.weight", None)  # GPT-2's head is the embedding
+        return CachedGPT(config, block_params(
+            gguf, names, gpt2_names(config),
+            {"blocks": [{} for _ in range(config.n_layer)]}, {}, out_in=False))
+    config = llama_config(gguf, arch)
+    heads = {f"layers.{i}.self_attn.{p}_proj.weight": n for i in
+             range(config.n_layer) for p, n in (("q", config.n_head),
+                                                ("k", config.n_kv_head))}
+    params = block_params(gguf, hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers"),
+                          llama_names(config),
+                          {"layers": [{} for _ in range(config.n_layer)]},
+                          heads if arch == "llama" else {}, out_in=True)
+    if config.tie_word_embeddings:
+        params["lm_head"] = params["embed_tokens"].T  # the table, as a head
+    return LlamaModel(config, params)
+# --8<-- [end:load-gguf-blocks]
