@@ -143,8 +143,16 @@ def write_q4_gpt2(path, rng) -> None:
     """A 2-layer GPT-2, 256 wide: Q4_K matrices, a Q6_K embedding, as
     llama.cpp's Q4_K_M mix would hold them."""
     gguf = require("gguf")
-    V, C, T = 300, 256, 32
+    from minigpt.tokenizer import bytes_to_unicode
+
+    V, C, T = 258, 256, 32
     w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_tokenizer_model("gpt2")  # bytes, and one merge: enough to generate
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list([*bytes_to_unicode().values(), "<|endoftext|>", "hi"])
+    w.add_token_types([1] * 256 + [3, 1])
+    w.add_token_merges(["h i"])
+    w.add_uint32("tokenizer.ggml.eos_token_id", 256)
     for key, value in (("context_length", T), ("embedding_length", C),
                        ("block_count", 2), ("feed_forward_length", 4 * C),
                        ("attention.head_count", 4)):
@@ -190,10 +198,42 @@ def test_a_q4_k_m_gguf_loads_packed_and_matches_float32(tmp_path):
     assert packed.params["wte"].kind == "Q6_K"
     assert isinstance(blocks["mlp"]["c_fc"]["w"], BlockMatrix)
     assert isinstance(packed.params["wpe"], np.ndarray)  # F32 stays float32
-    ids = np.array([5, 17, 299, 0, 42])
+    ids = np.array([5, 17, 257, 0, 42])
     want = floats.forward(ids).astype(np.float64)  # every tensor decoded
     got = packed.forward(ids)  # a prompt: tiles, the same float32 weights
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     one = packed.forward(ids[:1])  # one token: Q8_0 activations, machine code
     err = np.abs(one - want[:1]).max() / np.abs(want[:1]).max()
     assert err < 3e-2
+
+
+@pytest.mark.reference
+def test_cli_generates_from_a_q4_k_m_gguf(tmp_path, capsys):
+    from minigpt.__main__ import main
+
+    path = tmp_path / "q4.gguf"
+    write_q4_gpt2(path, np.random.default_rng(7))
+    try:
+        for threads in ("1", "2"):
+            assert main(["generate", "hi", "--model", str(path), "--threads",
+                         threads, "--max-new-tokens", "4", "--temperature", "0"]) == 0
+            assert capsys.readouterr().out.startswith("hi")
+    finally:
+        set_kernel_threads(1)
+
+
+@pytest.mark.reference
+def test_walks_over_params_pass_a_packed_model_through(tmp_path):
+    from minigpt.quantize import QuantMatrix, quantize_model
+    from minigpt.threads import RowMatrix, threaded_model
+
+    path = tmp_path / "q4.gguf"
+    write_q4_gpt2(path, np.random.default_rng(8))
+    packed, ids = load_gguf_blocks(path), np.array([1, 2, 3])
+    want = packed.forward(ids)
+    rows = threaded_model(packed)  # decoded to float32 rows
+    assert isinstance(rows.params["blocks"][1]["attn"]["c_attn"]["w"], RowMatrix)
+    np.testing.assert_allclose(rows.forward(ids), want, rtol=1e-4, atol=1e-4)
+    q8 = quantize_model(packed, "q8_0")  # decoded, then rounded to Q8_0
+    assert isinstance(q8.params["wte"], QuantMatrix)
+    assert np.abs(q8.forward(ids) - want).max() < 3e-2 * np.abs(want).max()
