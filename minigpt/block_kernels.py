@@ -141,13 +141,27 @@ def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
 def one_token(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
     """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
-    xq = np.ascontiguousarray(xq, np.int16)
-    xs = xd[0] * xq.reshape(-1, 32).sum(axis=1).astype(np.float32)  # sums of 32
+    xq, xd, xs = activations(w.kind, xq[0], xd[0])
     raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
 
     def work(a: int, b: int) -> None:  # a call releases the GIL
         kernel(raw[a:b], xq, xd, xs, out[0, a:b])
     return work
+
+
+ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # sub-blocks as Q6_K's kernel sums them
+
+
+def activations(kind: str, xq: np.ndarray, xd: np.ndarray) -> tuple:
+    """A token in Q8_0 as `kind`'s kernel reads it: its numbers (int16, or int8
+    for the K formats), and per group of 32 (of 16 for Q6_K, in ORDER) the
+    scale and xd * the group's sum (Q6_K: the plain sum). xq: (K,), xd: (K/32,)"""
+    if kind == "Q6_K":
+        sums = xq.reshape(-1, 16).sum(axis=1, dtype=np.int32)  # [K / 16]
+        at = (np.arange(len(sums) // 8)[:, None] * 8 + ORDER).ravel()
+        return xq.astype(np.int8), np.repeat(xd, 2)[at], sums[at]
+    sums = xd * xq.reshape(-1, 32).sum(axis=1).astype(np.float32)
+    return (xq.astype(np.int8) if kind == "Q4_K" else xq.astype(np.int16)), xd, sums
 
 
 def tiles(x: np.ndarray, w: BlockMatrix, out: np.ndarray):
@@ -196,6 +210,28 @@ def madd(builder, q, x, value: int):
     xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
                                       v16.as_pointer()), align=2)
     return builder.call(fn, [q, xv])
+
+
+def madd_bytes(builder, q, x, value: int, k):
+    """8 int32, each the sum of 4 products of q (32 bytes, 0..63) and
+    x[value:value + 32] (int8): x86's vpmaddubsw, then vpmaddwd with ones."""
+    v32, v16 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16)
+    fn = declare(builder.module, "llvm.x86.avx2.pmadd.ub.sw", v16, [v32, v32])
+    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
+                                      v32.as_pointer()), align=1)
+    pairs = builder.call(fn, [q, xv])  # 16 int16: at most 2 * 63 * 127, exact
+    wd = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
+                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
+    return builder.call(wd, [pairs, k["1"]])
+
+
+def byte_shift(builder, v, n: int, k, mask: str):
+    """Each byte of v (32 bytes) shifted right by n, then ANDed with k[mask]."""
+    v16 = ir.VectorType(ir.IntType(16), 16)
+    if n:  # x86 shifts 16-bit lanes; the mask drops what crosses from the next byte
+        v = builder.bitcast(builder.lshr(builder.bitcast(v, v16), v16([n] * 16)),
+                            v.type)
+    return builder.and_(v, builder.bitcast(k[mask], v.type))
 # --8<-- [end:block-ir-helpers]
 
 
@@ -225,8 +261,8 @@ def bytes8(builder, low, high):
 
 
 def q4_k_block(builder, b, x, xd, xs, k):
-    """One Q4_K super-block (144 bytes) against 256 activations: [(lane j: the
-    integer dot of sub-block j, lane j: its scale)], and what to subtract."""
+    """One Q4_K super-block (144 bytes) against 256 int8 activations: [(lane j:
+    the integer dot of sub-block j, lane j: its scale)], and what to subtract."""
     d, dmin = half_at(builder, b, 0), half_at(builder, b, 2)
     a, m4, c = (builder.extract_element(vector_at(builder, b, at, 1, 32),
                                         ir.IntType(32)(0)) for at in (4, 8, 12))
@@ -238,14 +274,12 @@ def q4_k_block(builder, b, x, xd, xs, k):
                 or_(and_(c, i32(0x0F0F0F0F)), top[0]))
     m = bytes8(builder, and_(m4, i32(0x3F3F3F3F)),
                or_(and_(low(c, i32(4)), i32(0x0F0F0F0F)), top[1]))
-    v8f32 = ir.VectorType(ir.FloatType(), 8)
     dots = []
-    for j in range(8):  # sub-blocks 2p and 2p+1 share bytes 32p..32p+31
-        halves = [wide(builder, b, 16 + 32 * (j // 2) + h) for h in (0, 16)]
-        halves = [and_(q, k["15"]) if j % 2 == 0 else low(q, q.type([4] * 16))
-                  for q in halves]
-        dots.append(builder.add(madd(builder, halves[0], x, 32 * j),
-                                madd(builder, halves[1], x, 32 * j + 16)))
+    for j in range(8):  # sub-blocks 2p and 2p+1: the low, high nibbles of 32 bytes
+        q = vector_at(builder, b, 16 + 32 * (j // 2), 32, 8)
+        dots.append(madd_bytes(builder, byte_shift(builder, q, 4 * (j % 2), k, "15"),
+                               x, 32 * j, k))
+    v8f32 = ir.VectorType(ir.FloatType(), 8)
     fm, xdv, xsv = builder.fmul, *(builder.load(builder.bitcast(
         p, v8f32.as_pointer()), align=4) for p in (xd, xs))
     scales = fm(fm(builder.uitofp(sc, v8f32), xdv), splat(builder, d, 8))
@@ -256,26 +290,42 @@ def q4_k_block(builder, b, x, xd, xs, k):
 
 # --8<-- [start:q6-k-block]
 def q6_k_block(builder, b, x, xd, xs, k):
-    """One Q6_K super-block (210 bytes) against 256 activations: [(lane g: the
-    dot of the 32 values of group g, each 16 times its int8 sub-scale, lane g:
-    d times the activations' scale)], nothing to subtract."""
-    d, dots, i16 = half_at(builder, b, 208), [], ir.IntType(16)
-    for v in range(0, 256, 16):  # 16 values share a sub-scale
-        h, s, e = v // 128, v % 128 // 32, v % 32  # half, quarter, which 16
-        nib = wide(builder, b, 64 * h + 32 * (s % 2) + e)  # the low 4 bits
-        nib = builder.and_(nib, k["15"]) if s < 2 else \
-            builder.lshr(nib, nib.type([4] * 16))
-        top = wide(builder, b, 128 + 32 * h + e)  # 2 high bits at bits 2s, 2s+1
-        top = builder.and_(builder.lshr(top, top.type([2 * s] * 16)), k["3"])
-        q = builder.sub(builder.or_(nib, builder.shl(top, top.type([4] * 16))),
-                        k["32"])  # 0..63 -> -32..31
-        sub = builder.trunc(byte_at(builder, b, 192 + v // 16, signed=True), i16)
-        # |q * sub| <= 32 * 128: still an int16, so the scale rides in madd
-        term = madd(builder, builder.mul(q, splat(builder, sub, 16)), x, v)
-        dots.append(term if e == 0 else builder.add(dots.pop(), term))
+    """One Q6_K super-block (210 bytes) against 256 int8 activations. Lanes in
+    the order 0, 2, 4, 6, 1, 3, 5, 7 of each 8 sub-blocks of 16 (the order x86's
+    horizontal adds leave); xd and xs come in that order: per sub-block, its
+    activations' scale and their sum."""
+    d, dots, i32 = half_at(builder, b, 208), [], ir.IntType(32)
+    for g in range(8):  # groups of 32 values: half h of the block, quarter s
+        h, s = g // 4, g % 4
+        nib = byte_shift(builder, vector_at(builder, b, 64 * h + 32 * (s % 2), 32, 8),
+                         4 * (s // 2), k, "15")  # the low 4 bits
+        top = byte_shift(builder, vector_at(builder, b, 128 + 32 * h, 32, 8),
+                         2 * s, k, "3")  # the high 2 bits, at bits 2s and 2s+1
+        top = builder.bitcast(builder.shl(builder.bitcast(top, k["1"].type),
+                                          k["1"].type([4] * 16)), top.type)
+        dots.append(madd_bytes(builder, builder.or_(nib, top), x, 32 * g, k))
+    v4i32, v8i32 = ir.VectorType(i32, 4), ir.VectorType(i32, 8)
     v8f32 = ir.VectorType(ir.FloatType(), 8)
-    xdv = builder.load(builder.bitcast(xd, v8f32.as_pointer()), align=4)
-    return [(sums8(builder, dots), builder.fmul(xdv, splat(builder, d, 8)))], None
+    xs = builder.bitcast(xs, v8i32.as_pointer())
+    xd = builder.bitcast(xd, v8f32.as_pointer())
+    pairs = []
+    for half in (0, 1):  # sub-blocks 0-7, then 8-15
+        hadd = declare(builder.module, "llvm.x86.avx2.phadd.d", v8i32, [v8i32] * 2)
+        p = [builder.call(hadd, dots[i:i + 2]) for i in (4 * half, 4 * half + 2)]
+        sums = builder.call(hadd, p)  # sub-blocks 0, 2, 4, 6, 1, 3, 5, 7 (+8 half)
+        # the int8 sub-scales, even ones then odd ones: the same order
+        sc = builder.sext(vector_at(builder, b, 192 + 8 * half, 4, 16), v4i32)
+        sc = builder.shuffle_vector(sc, sc, v8i32([0, 1, 2, 3] * 2))  # twice
+        # byte 0 of each (the even sub-block) shifted up by 24, byte 1 by 16:
+        # by amounts in memory, as a constant vector would be in a data section
+        sc = builder.ashr(builder.shl(sc, k["even odd"]), v8i32([24] * 8))
+        # (q - 32) . x = q . x - 32 * sum(x): |sums| < 2**18, times sc < 2**25
+        at = [i32(half)]
+        minus = builder.shl(builder.load(builder.gep(xs, at), align=4), v8i32([5] * 8))
+        dot = builder.mul(builder.sub(sums, minus), sc)
+        pairs.append((dot, builder.fmul(builder.load(builder.gep(xd, at), align=4),
+                                        splat(builder, d, 8))))
+    return pairs, None
 # --8<-- [end:q6-k-block]
 
 
@@ -319,19 +369,25 @@ def q4_0_block(builder, b, x, xd, xs, k):
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_0": q4_0_block, "Q5_0": q5_0_block, "Q4_K": q4_k_block,
           "Q6_K": q6_k_block}
+# bytes per activation (int16 or int8), and xd and xs numbers per block
+ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q6_K": (1, 16)}
 # the constants the blocks need, passed in memory: a vector or float constant in
 # the code would be loaded from a data section, which elf_text refuses
-CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 15, 3, 32, 16, 8],
-                     np.int16)
+CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16, 8]
+                     + [24] * 4 + [16] * 4, np.int16)
 
 
 def constants(builder, table) -> dict:
-    """The lanes 1 << j and 15, 3, 32, 16 in 16 int16 lanes; 16.0 and 8.0."""
+    """In 16 int16 lanes: 1 << j in lane j; 15 and 3 in each byte; 1; 16.
+    Shifts for Q6_K's scales in 8 int32 lanes; 16.0, 8.0 as float32."""
     k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
         ir.IntType(16), 16).as_pointer()), align=2)}
     at = {name: builder.load(builder.gep(table, [ir.IntType(64)(16 + i)]))
-          for i, name in enumerate(("15", "3", "32", "16", "8"))}
-    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "32", "16")}
+          for i, name in enumerate(("15", "3", "1", "16", "8"))}
+    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "1", "16")}
+    shifts = builder.gep(table, [ir.IntType(64)(21)])  # 24, 24, 24, 24, 16, ...
+    k["even odd"] = builder.sext(builder.load(builder.bitcast(shifts, ir.VectorType(
+        ir.IntType(16), 8).as_pointer()), align=2), ir.VectorType(ir.IntType(32), 8))
     return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
 
 
@@ -341,7 +397,7 @@ def block_rows_ir(module, kind: str):
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
     fp = f32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        i8.as_pointer(), i16.as_pointer(), fp, fp, i16.as_pointer(), fp, i64, i64]),
+        i8.as_pointer(), i8.as_pointer(), fp, fp, i16.as_pointer(), fp, i64, i64]),
         f"minigpt_{kind.lower()}_rows")
     w, x, xd, xs, table, out, N, B = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
@@ -360,22 +416,25 @@ def block_dot_ir(module, kind: str):
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
     v8f32, fp = ir.VectorType(f32, 8), f32.as_pointer()
     fn = declare(module, f"minigpt_{kind.lower()}_dot", f32, [
-        i8.as_pointer(), i16.as_pointer(), fp, fp, i16.as_pointer(), i64])
+        i8.as_pointer(), i8.as_pointer(), fp, fp, i16.as_pointer(), i64])
     fn.linkage = "internal"  # called only from this module: no symbol to look up
     fn.attributes.add("noinline")
     row, x, xd, xs, table, B = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
     k, t = constants(builder, table), GGML_TYPES[KINDS[kind]]
+    size, per_block = ACTIVATIONS[kind]  # bytes per activation; xd, xs per block
     acc, rest = builder.alloca(v8f32), builder.alloca(f32)  # sums; to subtract
     builder.store(v8f32(None), acc)
     builder.store(f32(0.0), rest)
     with counted(builder, B) as blk:
         b = builder.gep(row, [builder.mul(blk, i64(t.size))])
         prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
-        g = builder.mul(blk, i64(t.block // 32))  # the block's first group of 32
-        pairs, minus = BLOCKS[kind](
-            builder, b, builder.gep(x, [builder.mul(g, i64(32))]),
-            builder.gep(xd, [g]), builder.gep(xs, [g]), k)
+        xb = builder.gep(x, [builder.mul(blk, i64(t.block * size))])
+        if size == 2:  # int16 activations
+            xb = builder.bitcast(xb, i16.as_pointer())
+        g = builder.mul(blk, i64(per_block))
+        pairs, minus = BLOCKS[kind](builder, b, xb, builder.gep(xd, [g]),
+                                    builder.gep(xs, [g]), k)
         total = builder.load(acc)
         for dot, s in pairs:  # a scalar scale serves every lane
             s = s if s.type == v8f32 else splat(builder, s, 8)
@@ -401,13 +460,15 @@ class BlockKernel:
     kind: str
 
     def __call__(self, raw, xq, xd, xs, out) -> None:
-        """raw: (N, B * size) uint8, xq: (1, K) int16, xd: (1, K/32) and
-        xs: (K/32,) float32 -> out: (N,) float32"""
-        t = GGML_TYPES[KINDS[self.kind]]
-        N, K = len(raw), xq.shape[-1]
-        want = [(raw, np.uint8, (N, K // t.block * t.size)), (xq, np.int16, (1, K)),
-                (xd, np.float32, (1, K // 32)), (xs, np.float32, (K // 32,)),
-                (out, np.float32, (N,))]
+        """raw: (N, B * size) uint8, and the token as `activations` gives it:
+        xq: (K,), xd, xs: (G,) -> out: (N,) float32"""
+        t, (size, per_block) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
+        N, K = len(raw), len(xq)
+        G = K // t.block * per_block
+        want = [(raw, np.uint8, (N, K // t.block * t.size)),
+                (xq, np.int16 if size == 2 else np.int8, (K,)),
+                (xd, np.float32, (G,)), (out, np.float32, (N,)),
+                (xs, np.int32 if self.kind == "Q6_K" else np.float32, (G,))]
         # the machine code trusts its pointers: a wrong array would crash Python
         if K % t.block or not all(a.dtype == d and a.shape == s and
                                   a.flags.c_contiguous for a, d, s in want):
