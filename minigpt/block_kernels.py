@@ -4,11 +4,12 @@ A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q6_K, Q5_0 or Q4_0 as its bytes, on
 row of blocks per output (a view of the mapped file), and stands in for the
 float32 array as chapter 29's `QuantMatrix` does. One token (`x` of one row) runs
 machine code of our own: the activations are rounded to Q8_0 as chapter 30 rounds
-them, and each group of 32 weights is unpacked from its nibbles (and high bits) in
-registers and summed against them in integers, then scaled once by the block's
-scales; a token so reads about 4.5 bits a weight. A prompt decodes a tile of rows
-at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model with these
-matrices packed and every other tensor as `load_gguf` reads it.
+them, each block's small integers are unpacked from their nibbles (and high bits)
+in registers and summed against them in integers, then scaled by the block's
+scales and the activations' ones; a token so reads about 4.5 bits a weight. A
+prompt decodes a tile of rows at a time into float32 for BLAS. `load_gguf_blocks`
+reads a GGUF model with these matrices packed and every other tensor as
+`load_gguf_q8_0`'s table of names reads it (float32 unless told otherwise).
 
 Leaves out on purpose: Q5_K and the other formats (decoded to float32 at load),
 integer kernels for a prompt, and processors without AVX2 (the tile path runs).
@@ -16,6 +17,7 @@ integer kernels for a prompt, and processors without AVX2 (the tile path runs).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import platform
 import sys
@@ -25,22 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt.gguf import GGUFError, GGUFFile, read_gguf, read_tensor
-from minigpt.gguf_models import (
-    GPT2_BLOCK,
-    GPT2_NAMES,
-    LLAMA_BLOCK,
-    LLAMA_NAMES,
-    gpt2_config,
-    hf_names,
-    llama_config,
-    load_gguf,
-    meta,
-)
+from minigpt.gguf import GGUFFile, read_tensor
+from minigpt.gguf_q8_0 import load_gguf_q8_0
 from minigpt.kernels import TILE, rounded
 from minigpt.kquants import GGML_TYPES
 from minigpt.kvcache import CachedGPT
-from minigpt.llama import LLAMA_FAMILY, LlamaModel, llama_names
+from minigpt.llama import LlamaModel
 from minigpt.machine_code import (
     PREFETCH,
     compile_object,
@@ -57,11 +49,11 @@ from minigpt.machine_code import (
     this_processor,
 )
 from minigpt.rope import interleaved_to_half
-from minigpt.threads import TABLES, blas, split_rows, token_rows
-from minigpt.weights import gpt2_names, put
+from minigpt.threads import blas, split_rows, token_rows
 
-__all__ = ["KINDS", "BlockMatrix", "block_code", "block_matmul", "block_matrix",
-           "block_params", "load_gguf_blocks", "reference_block_matmul"]
+__all__ = ["BLOCKS", "KINDS", "BlockMatrix", "activations", "block_code",
+           "block_matmul", "block_matrix", "load_gguf_blocks"]
+
 
 # --8<-- [start:block-matrix]
 KINDS = {"Q4_0": 2, "Q5_0": 6, "Q4_K": 12, "Q6_K": 14}  # kept packed: ggml's ids
@@ -117,14 +109,6 @@ def decoded(kind: str, raw: np.ndarray) -> np.ndarray:
 
 
 # --8<-- [start:block-matmul]
-def reference_block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
-    """What one token's machine code computes, in plain NumPy: the activations
-    rounded to Q8_0, times the decoded weights. x: (T, K), w: (K, N) -> (T, N)"""
-    from minigpt.quantize import dequantize, quantize_groups
-
-    return dequantize(*quantize_groups(x, 32)) @ decoded(w.kind, w.raw).T
-
-
 def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
     """x @ w: our machine code for one token, else BLAS on decoded tiles, split
     by rows over the threads. x: (..., K), w: (K, N) -> (..., N)"""
@@ -183,33 +167,11 @@ def vector_at(builder, base, offset, lanes: int, bits: int):
     return builder.load(builder.bitcast(at, v.as_pointer()), align=1)
 
 
-def byte_at(builder, base, offset: int, signed: bool = False):
-    """Byte `offset` of `base` as an int32 (zero- or sign-extended)."""
-    b = builder.load(builder.gep(base, [ir.IntType(64)(offset)]))
-    return (builder.sext if signed else builder.zext)(b, ir.IntType(32))
-
-
 def half_at(builder, base, offset: int):
     """The float16 at byte `offset` of `base`, as a float32."""
     v = vector_at(builder, base, offset, 1, 16)
     h = builder.bitcast(builder.extract_element(v, ir.IntType(32)(0)), ir.HalfType())
     return builder.fpext(h, ir.FloatType())
-
-
-def wide(builder, base, offset: int):
-    """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
-    return builder.zext(vector_at(builder, base, offset, 16, 8),
-                        ir.VectorType(ir.IntType(16), 16))
-
-
-def madd(builder, q, x, value: int):
-    """8 int32: pairs of q (16 int16) times x[value:value + 16] (int16), added."""
-    v16 = ir.VectorType(ir.IntType(16), 16)
-    fn = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
-                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
-    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
-                                      v16.as_pointer()), align=2)
-    return builder.call(fn, [q, xv])
 
 
 def madd_bytes(builder, q, x, value: int, k):
@@ -288,6 +250,142 @@ def q4_k_block(builder, b, x, xd, xs, k):
 # --8<-- [end:q4-k-block]
 
 
+# --8<-- [start:block-rows-ir]
+BLOCKS = {"Q4_K": q4_k_block}  # kind -> its block's IR; more are added below
+# bytes per activation (int16 or int8), and xd and xs numbers per block
+ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q6_K": (1, 16)}
+# the constants the blocks need, passed in memory: a vector or float constant in
+# the code would be loaded from a data section, which elf_text refuses
+CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16, 8]
+                     + [24] * 4 + [16] * 4, np.int16)
+
+
+def constants(builder, table) -> dict:
+    """In 16 int16 lanes: 1 << j in lane j; 15 and 3 in each byte; 1; 16.
+    Shifts for Q6_K's scales in 8 int32 lanes; 16.0, 8.0 as float32."""
+    i16, i64 = ir.IntType(16), ir.IntType(64)
+    k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
+        i16, 16).as_pointer()), align=2)}
+    at = {name: builder.load(builder.gep(table, [i64(16 + i)]))
+          for i, name in enumerate(("15", "3", "1", "16", "8"))}
+    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "1", "16")}
+    shifts = builder.bitcast(builder.gep(table, [i64(21)]),
+                             ir.VectorType(i16, 8).as_pointer())
+    k["even odd"] = builder.sext(builder.load(shifts, align=2),
+                                 ir.VectorType(ir.IntType(32), 8))
+    return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
+
+
+def block_rows_ir(module, kind: str):
+    """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n
+    of W (B blocks each) times the token x (xd, xs: as `activations` gives them)."""
+    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
+    args = [i8.as_pointer(), i8.as_pointer(), f32.as_pointer(), f32.as_pointer(),
+            i16.as_pointer()]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        *args, f32.as_pointer(), i64, i64]), f"minigpt_{kind.lower()}_rows")
+    w, x, xd, xs, table, out, N, B = fn.args
+    # one row's dot product, a function of its own: within one loop, LLVM would
+    # turn the rows of no blocks (B = 0) into a call of the C library's memset
+    dot = ir.Function(module, ir.FunctionType(f32, [*args, i64]),
+                      f"minigpt_{kind.lower()}_dot")
+    dot.linkage = "internal"  # called only from this module: no symbol to look up
+    dot.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    with counted(builder, N) as n:
+        row = builder.gep(w, [builder.mul(n, builder.mul(
+            B, i64(GGML_TYPES[KINDS[kind]].size)))])
+        builder.store(builder.call(dot, [row, x, xd, xs, table, B]),
+                      builder.gep(out, [n]))
+    builder.ret_void()
+    row_dot_ir(dot, kind)
+    return fn
+
+
+def row_dot_ir(fn, kind: str) -> None:
+    """The body of float dot(row, x, xd, xs, table, B): B blocks times x."""
+    i16, i64, f32 = ir.IntType(16), ir.IntType(64), ir.FloatType()
+    v8f32 = ir.VectorType(f32, 8)
+    row, x, xd, xs, table, B = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block())
+    k, t, (size, per) = constants(builder, table), GGML_TYPES[KINDS[kind]], \
+        ACTIVATIONS[kind]
+    acc, rest = builder.alloca(v8f32), builder.alloca(f32)  # sums; to subtract
+    builder.store(v8f32(None), acc)
+    builder.store(f32(0.0), rest)
+    with counted(builder, B) as blk:
+        b = builder.gep(row, [builder.mul(blk, i64(t.size))])
+        prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
+        xb = builder.gep(x, [builder.mul(blk, i64(t.block * size))])
+        xb = builder.bitcast(xb, i16.as_pointer()) if size == 2 else xb
+        g = builder.mul(blk, i64(per))
+        pairs, minus = BLOCKS[kind](builder, b, xb, builder.gep(xd, [g]),
+                                    builder.gep(xs, [g]), k)
+        total = builder.load(acc)
+        for dot, s in pairs:  # a scalar scale serves every lane
+            s = s if s.type == v8f32 else splat(builder, s, 8)
+            total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32), s))
+        if minus is not None and minus.type == v8f32:
+            total = builder.fsub(total, minus)  # Q4_K's mins
+        elif minus is not None:  # Q5_0's and Q4_0's offsets
+            builder.store(builder.fadd(builder.load(rest), minus), rest)
+        builder.store(total, acc)
+    builder.ret(builder.fsub(lane_sum(builder, builder.load(acc)),
+                             builder.load(rest)))
+# --8<-- [end:block-rows-ir]
+
+
+# --8<-- [start:block-code]
+@dataclass(frozen=True)
+class BlockKernel:
+    """A block_rows_ir function called through ctypes: out = W x for one token."""
+
+    code: object  # the memory holding the code: it must live as long as fn
+    fn: object  # void (w, x, xd, xs, table, out, N, B); a call releases the GIL
+    kind: str
+
+    def __call__(self, raw, xq, xd, xs, out) -> None:
+        """raw: (N, B * size) uint8, and the token as `activations` gives it:
+        xq: (K,), xd, xs: (G,) -> out: (N,) float32"""
+        t, (size, per) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
+        N, K = len(raw), len(xq)
+        want = [(raw, np.uint8, (N, K // t.block * t.size)), (out, np.float32, (N,)),
+                (xq, np.int16 if size == 2 else np.int8, (K,)),
+                (xd, np.float32, (K // t.block * per,)),
+                (xs, np.int32 if self.kind == "Q6_K" else np.float32, xd.shape)]
+        # the machine code trusts its pointers: a wrong array would crash Python
+        if K % t.block or not all(a.dtype == d and a.shape == s and
+                                  a.flags.c_contiguous for a, d, s in want):
+            raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
+                             f"shape or layout for N={N}, K={K}")
+        self.fn(raw.ctypes.data, xq.ctypes.data, xd.ctypes.data, xs.ctypes.data,
+                CONSTANTS.ctypes.data, out.ctypes.data, N, K // t.block)
+
+
+@functools.cache
+def block_code() -> dict:
+    """kind -> BlockKernel for each kind of BLOCKS, compiled on first use; {}
+    where there is no machine code (not Linux on x86-64 with AVX2, no llvmlite)."""
+    if not (sys.platform == "linux" and platform.machine() == "x86_64"
+            and ir is not None and " avx2" in this_processor()):
+        return {}
+    module = ir.Module("minigpt_block_kernels")
+    names = {kind: block_rows_ir(module, kind).name for kind in BLOCKS}
+    try:
+        code, starts = elf_text(in_child(compile_object, str(module)),
+                                list(names.values()))
+        memory, base = executable(code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        warnings.warn(f"no block machine code ({exc}); BLAS on decoded tiles runs",
+                      stacklevel=2)
+        return {}
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    rows = ctypes.CFUNCTYPE(None, p, p, p, p, p, p, i, i)  # C's calling rules
+    return {kind: BlockKernel(memory, rows(base + starts[name]), kind)
+            for kind, name in names.items()}
+# --8<-- [end:block-code]
+
+
 # --8<-- [start:q6-k-block]
 def q6_k_block(builder, b, x, xd, xs, k):
     """One Q6_K super-block (210 bytes) against 256 int8 activations. Lanes in
@@ -326,10 +424,27 @@ def q6_k_block(builder, b, x, xd, xs, k):
         pairs.append((dot, builder.fmul(builder.load(builder.gep(xd, at), align=4),
                                         splat(builder, d, 8))))
     return pairs, None
+BLOCKS["Q6_K"] = q6_k_block
 # --8<-- [end:q6-k-block]
 
 
 # --8<-- [start:q5-0-q4-0-block]
+def wide(builder, base, offset: int):
+    """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
+    return builder.zext(vector_at(builder, base, offset, 16, 8),
+                        ir.VectorType(ir.IntType(16), 16))
+
+
+def madd(builder, q, x, value: int):
+    """8 int32: pairs of q (16 int16) times x[value:value + 16] (int16), added."""
+    v16 = ir.VectorType(ir.IntType(16), 16)
+    fn = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
+                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
+    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
+                                      v16.as_pointer()), align=2)
+    return builder.call(fn, [q, xv])
+
+
 def q5_0_block(builder, b, x, xd, xs, k):
     """One Q5_0 block (22 bytes) against 32 activations: value = nibble +
     16 * fifth bit - 16, the -16 taken as -16 * sum(x) once."""
@@ -363,144 +478,8 @@ def q4_0_block(builder, b, x, xd, xs, k):
         dot = term if dot is None else builder.add(dot, term)
     fm = builder.fmul
     return [(dot, fm(d, builder.load(xd)))], fm(fm(d, builder.load(xs)), k["8.0"])
+BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [end:q5-0-q4-0-block]
-
-
-# --8<-- [start:block-rows-ir]
-BLOCKS = {"Q4_0": q4_0_block, "Q5_0": q5_0_block, "Q4_K": q4_k_block,
-          "Q6_K": q6_k_block}
-# bytes per activation (int16 or int8), and xd and xs numbers per block
-ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q6_K": (1, 16)}
-# the constants the blocks need, passed in memory: a vector or float constant in
-# the code would be loaded from a data section, which elf_text refuses
-CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16, 8]
-                     + [24] * 4 + [16] * 4, np.int16)
-
-
-def constants(builder, table) -> dict:
-    """In 16 int16 lanes: 1 << j in lane j; 15 and 3 in each byte; 1; 16.
-    Shifts for Q6_K's scales in 8 int32 lanes; 16.0, 8.0 as float32."""
-    k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
-        ir.IntType(16), 16).as_pointer()), align=2)}
-    at = {name: builder.load(builder.gep(table, [ir.IntType(64)(16 + i)]))
-          for i, name in enumerate(("15", "3", "1", "16", "8"))}
-    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "1", "16")}
-    shifts = builder.gep(table, [ir.IntType(64)(21)])  # 24, 24, 24, 24, 16, ...
-    k["even odd"] = builder.sext(builder.load(builder.bitcast(shifts, ir.VectorType(
-        ir.IntType(16), 8).as_pointer()), align=2), ir.VectorType(ir.IntType(32), 8))
-    return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
-
-
-def block_rows_ir(module, kind: str):
-    """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n of
-    W (B blocks each) times x in Q8_0 (xd: its scales, xs: xd * sum per 32)."""
-    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
-    fp = f32.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        i8.as_pointer(), i8.as_pointer(), fp, fp, i16.as_pointer(), fp, i64, i64]),
-        f"minigpt_{kind.lower()}_rows")
-    w, x, xd, xs, table, out, N, B = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block())
-    dot = block_dot_ir(module, kind)
-    t = GGML_TYPES[KINDS[kind]]
-    with counted(builder, N) as n:
-        row = builder.gep(w, [builder.mul(n, builder.mul(B, i64(t.size)))])
-        builder.store(builder.call(dot, [row, x, xd, xs, table, B]),
-                      builder.gep(out, [n]))
-    builder.ret_void()
-    return fn
-
-
-def block_dot_ir(module, kind: str):
-    """float <kind>_dot(row, x, xd, xs, table, B): one row of B blocks times x."""
-    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
-    v8f32, fp = ir.VectorType(f32, 8), f32.as_pointer()
-    fn = declare(module, f"minigpt_{kind.lower()}_dot", f32, [
-        i8.as_pointer(), i8.as_pointer(), fp, fp, i16.as_pointer(), i64])
-    fn.linkage = "internal"  # called only from this module: no symbol to look up
-    fn.attributes.add("noinline")
-    row, x, xd, xs, table, B = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block())
-    k, t = constants(builder, table), GGML_TYPES[KINDS[kind]]
-    size, per_block = ACTIVATIONS[kind]  # bytes per activation; xd, xs per block
-    acc, rest = builder.alloca(v8f32), builder.alloca(f32)  # sums; to subtract
-    builder.store(v8f32(None), acc)
-    builder.store(f32(0.0), rest)
-    with counted(builder, B) as blk:
-        b = builder.gep(row, [builder.mul(blk, i64(t.size))])
-        prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
-        xb = builder.gep(x, [builder.mul(blk, i64(t.block * size))])
-        if size == 2:  # int16 activations
-            xb = builder.bitcast(xb, i16.as_pointer())
-        g = builder.mul(blk, i64(per_block))
-        pairs, minus = BLOCKS[kind](builder, b, xb, builder.gep(xd, [g]),
-                                    builder.gep(xs, [g]), k)
-        total = builder.load(acc)
-        for dot, s in pairs:  # a scalar scale serves every lane
-            s = s if s.type == v8f32 else splat(builder, s, 8)
-            total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32), s))
-        if minus is not None and minus.type == v8f32:
-            total = builder.fsub(total, minus)  # Q4_K's mins
-        elif minus is not None:  # Q5_0's and Q4_0's offsets
-            builder.store(builder.fadd(builder.load(rest), minus), rest)
-        builder.store(total, acc)
-    builder.ret(builder.fsub(lane_sum(builder, builder.load(acc)),
-                             builder.load(rest)))
-    return fn
-# --8<-- [end:block-rows-ir]
-
-
-# --8<-- [start:block-code]
-@dataclass(frozen=True)
-class BlockKernel:
-    """A block_rows_ir function called through ctypes: out = W x for one token."""
-
-    code: object  # the memory holding the code: it must live as long as fn
-    fn: object  # void (w, x, xd, xs, table, out, N, B); a call releases the GIL
-    kind: str
-
-    def __call__(self, raw, xq, xd, xs, out) -> None:
-        """raw: (N, B * size) uint8, and the token as `activations` gives it:
-        xq: (K,), xd, xs: (G,) -> out: (N,) float32"""
-        t, (size, per_block) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
-        N, K = len(raw), len(xq)
-        G = K // t.block * per_block
-        want = [(raw, np.uint8, (N, K // t.block * t.size)),
-                (xq, np.int16 if size == 2 else np.int8, (K,)),
-                (xd, np.float32, (G,)), (out, np.float32, (N,)),
-                (xs, np.int32 if self.kind == "Q6_K" else np.float32, (G,))]
-        # the machine code trusts its pointers: a wrong array would crash Python
-        if K % t.block or not all(a.dtype == d and a.shape == s and
-                                  a.flags.c_contiguous for a, d, s in want):
-            raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
-                             f"shape or layout for N={N}, K={K}")
-        self.fn(raw.ctypes.data, xq.ctypes.data, xd.ctypes.data, xs.ctypes.data,
-                CONSTANTS.ctypes.data, out.ctypes.data, N, K // t.block)
-
-
-@functools.cache
-def block_code() -> dict:
-    """kind -> BlockKernel, compiled by this process on first use; {} where
-    there is no machine code (not Linux on x86-64 with AVX2, no llvmlite)."""
-    if not (sys.platform == "linux" and platform.machine() == "x86_64"
-            and ir is not None and " avx2" in this_processor()):
-        return {}
-    module = ir.Module("minigpt_block_kernels")
-    names = [block_rows_ir(module, kind).name for kind in KINDS]
-    try:
-        code, starts = elf_text(in_child(compile_object, str(module)), names)
-        memory, base = executable(code)
-    except (OSError, ValueError, RuntimeError) as exc:
-        warnings.warn(f"no block machine code ({exc}); BLAS on decoded tiles runs",
-                      stacklevel=2)
-        return {}
-    import ctypes
-
-    p, i = ctypes.c_void_p, ctypes.c_int64
-    rows = ctypes.CFUNCTYPE(None, p, p, p, p, p, p, i, i)  # C's calling rules
-    return {kind: BlockKernel(memory, rows(base + starts[name]), kind)
-            for kind, name in zip(KINDS, names, strict=True)}
-# --8<-- [end:block-code]
 
 
 # --8<-- [start:load-gguf-blocks]
@@ -510,59 +489,15 @@ def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
     info = gguf.tensors[name]
     kind = GGML_TYPES[info.kind].name
     packed = kind in KINDS and len(info.shape) == 2
-    if packed:  # each row: its own blocks
-        x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
-            info.shape[0], -1)
-    else:
-        x = read_tensor(gguf, name)
+    x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
+        info.shape[0], -1) if packed else read_tensor(gguf, name)
     if heads:  # Meta's interleaved rows back to rotate-half's, blocks and all
         x = interleaved_to_half(x, heads)
     return BlockMatrix(kind, x) if packed else x
 
 
-def block_params(gguf: GGUFFile, names: dict, table: dict, params: dict,
-                 heads: dict, out_in: bool) -> dict:
-    """Our params from the file, matrices packed where they can be, shapes
-    checked. out_in: the table gives weights [out, in] (LLaMA), else [in, out]."""
-    table = dict(table)  # ours to empty: what is left at the end is missing
-    for hf, name in names.items():
-        if hf not in table:
-            raise GGUFError(f"{gguf.path}: tensor {name!r}: not a parameter")
-        where, shape = table.pop(hf)
-        weight = len(shape) == 2 and where[0] not in TABLES
-        x = block_matrix(gguf, name, heads.get(hf))
-        want = shape[::-1] if weight and not out_in else shape  # rows are outputs
-        if tuple(x.shape) != tuple(want):
-            raise GGUFError(f"{gguf.path}: tensor {name!r}: shape {list(x.shape)}, "
-                            f"expected {list(want)} from the metadata")
-        put(params, where, x.T if weight else x)  # a weight multiplies as x @ w
-    if table:
-        raise GGUFError(f"{gguf.path}: tensor for {next(iter(table))!r}: missing")
-    return params
-
-
 def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
-    """A model from a .gguf file, its Q4_K, Q6_K, Q5_0 and Q4_0 matrices packed."""
-    gguf = read_gguf(path)
-    arch = meta(gguf, "general.architecture", str)
-    if arch not in ("gpt2", *LLAMA_FAMILY) or "token_embd.weight" not in gguf.tensors:
-        return load_gguf(path)  # which says what is wrong
-    if arch == "gpt2":
-        config = gpt2_config(gguf)
-        names = hf_names(gguf, GPT2_NAMES, GPT2_BLOCK, "h")
-        names.pop("lm_head.weight", None)  # GPT-2's head is the embedding
-        return CachedGPT(config, block_params(
-            gguf, names, gpt2_names(config),
-            {"blocks": [{} for _ in range(config.n_layer)]}, {}, out_in=False))
-    config = llama_config(gguf, arch)
-    heads = {f"layers.{i}.self_attn.{p}_proj.weight": n for i in
-             range(config.n_layer) for p, n in (("q", config.n_head),
-                                                ("k", config.n_kv_head))}
-    params = block_params(gguf, hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers"),
-                          llama_names(config),
-                          {"layers": [{} for _ in range(config.n_layer)]},
-                          heads if arch == "llama" else {}, out_in=True)
-    if config.tie_word_embeddings:
-        params["lm_head"] = params["embed_tokens"].T  # the table, as a head
-    return LlamaModel(config, params)
+    """A model from a .gguf file, its Q4_K, Q6_K, Q5_0 and Q4_0 matrices packed,
+    others as load_gguf reads them."""
+    return load_gguf_q8_0(path, matrix=block_matrix)
 # --8<-- [end:load-gguf-blocks]
