@@ -310,9 +310,8 @@ def row_dot_ir(fn, kind: str) -> None:
     builder = ir.IRBuilder(fn.append_basic_block())
     k, t, (size, per) = constants(builder, table), GGML_TYPES[KINDS[kind]], \
         ACTIVATIONS[kind]
-    acc, rest = builder.alloca(v8f32), builder.alloca(f32)  # sums; to subtract
+    acc = builder.alloca(v8f32)  # 8 partial sums, added up at the end
     builder.store(v8f32(None), acc)
-    builder.store(f32(0.0), rest)
     with counted(builder, B) as blk:
         b = builder.gep(row, [builder.mul(blk, i64(t.size))])
         prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
@@ -321,17 +320,13 @@ def row_dot_ir(fn, kind: str) -> None:
         g = builder.mul(blk, i64(per))
         pairs, minus = BLOCKS[kind](builder, b, xb, builder.gep(xd, [g]),
                                     builder.gep(xs, [g]), k)
-        total = builder.load(acc)
+        total = builder.load(acc) if minus is None else \
+            builder.fsub(builder.load(acc), minus)  # Q4_K's mins, say
         for dot, s in pairs:  # a scalar scale serves every lane
             s = s if s.type == v8f32 else splat(builder, s, 8)
             total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32), s))
-        if minus is not None and minus.type == v8f32:
-            total = builder.fsub(total, minus)  # Q4_K's mins
-        elif minus is not None:  # Q5_0's and Q4_0's offsets
-            builder.store(builder.fadd(builder.load(rest), minus), rest)
         builder.store(total, acc)
-    builder.ret(builder.fsub(lane_sum(builder, builder.load(acc)),
-                             builder.load(rest)))
+    builder.ret(lane_sum(builder, builder.load(acc)))
 # --8<-- [end:block-rows-ir]
 
 
@@ -463,8 +458,10 @@ def q5_0_block(builder, b, x, xd, xs, k):
         fifth = builder.and_(builder.sext(on, nib.type), k["16"])
         term = madd(builder, builder.or_(nib, fifth), x, e)
         dot = term if dot is None else builder.add(dot, term)
-    fm = builder.fmul
-    return [(dot, fm(d, builder.load(xd)))], fm(fm(d, builder.load(xs)), k["16.0"])
+    fm, lane = builder.fmul, ir.IntType(32)(0)  # what to subtract: in one lane
+    minus = fm(fm(d, builder.load(xs)), k["16.0"])
+    return [(dot, fm(d, builder.load(xd)))], builder.insert_element(
+        ir.VectorType(minus.type, 8)(None), minus, lane)
 
 
 def q4_0_block(builder, b, x, xd, xs, k):
@@ -476,8 +473,10 @@ def q4_0_block(builder, b, x, xd, xs, k):
             builder.lshr(nib, nib.type([4] * 16))
         term = madd(builder, nib, x, e)
         dot = term if dot is None else builder.add(dot, term)
-    fm = builder.fmul
-    return [(dot, fm(d, builder.load(xd)))], fm(fm(d, builder.load(xs)), k["8.0"])
+    fm, lane = builder.fmul, ir.IntType(32)(0)
+    minus = fm(fm(d, builder.load(xs)), k["8.0"])
+    return [(dot, fm(d, builder.load(xd)))], builder.insert_element(
+        ir.VectorType(minus.type, 8)(None), minus, lane)
 BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [end:q5-0-q4-0-block]
 
