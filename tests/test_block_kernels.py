@@ -237,3 +237,24 @@ def test_walks_over_params_pass_a_packed_model_through(tmp_path):
     q8 = quantize_model(packed, "q8_0")  # decoded, then rounded to Q8_0
     assert isinstance(q8.params["wte"], QuantMatrix)
     assert np.abs(q8.forward(ids) - want).max() < 3e-2 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0"])
+def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
+    from minigpt import DEMO_LLAMA
+    from tools.gguf_export import QUANTISE, export_gguf
+
+    if kind not in QUANTISE:  # the exporter writes Q4_0; Q5_0 from gguf-py
+        gguf = require("gguf")
+        QUANTISE[kind] = lambda x: gguf.quants.quantize(
+            x, gguf.GGMLQuantizationType.Q5_0).ravel()
+    try:
+        path = export_gguf(DEMO_LLAMA, tmp_path / "demo.gguf", kind)
+    finally:
+        QUANTISE.pop("Q5_0", None)
+    packed, floats = load_gguf_blocks(path), load_gguf(path)
+    q = packed.params["layers"][0]["self_attn"]["q_proj"]
+    assert isinstance(q, BlockMatrix) and q.kind == kind and q.transposed
+    ids = np.arange(1, 40)
+    want = floats.forward(ids)  # q and k rows reordered there after decoding
+    assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
