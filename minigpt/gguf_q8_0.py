@@ -7,7 +7,9 @@ float16 scale and its 32 int8 values, with no float32 copy of the matrix in
 between; the model then reads a quarter of float32's bytes per token, through
 chapter 30's kernels. Matrices of other types are decoded and quantised to Q8_0
 by chapter 29's `quantize_matrix`; vectors (norms, biases) stay float32. Uses
-only `QuantMatrix`, its `.T` and `quantize_matrix` from `minigpt.quantize`.
+only `QuantMatrix`, its `.T` and `quantize_matrix` from `minigpt.quantize`. The
+loader takes the function that reads a matrix as an argument, so that
+`block_kernels` can keep 4-bit blocks packed with the same name tables.
 
 Leaves out on purpose: keeping 4-bit matrices in 4 bits (they become Q8_0, 8.5
 bits a weight), and the NumPy fallback's speed (without compiled kernels a
