@@ -125,12 +125,8 @@ def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
 def one_token(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
     """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
-    xq, xd, xs = activations(w.kind, xq[0], xd[0])
-    raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
-
-    def work(a: int, b: int) -> None:  # a call releases the GIL
-        kernel(raw[a:b], xq, xd, xs, out[0, a:b])
-    return work
+    # a memory map is an ndarray subclass: np.asarray gives the plain view
+    return kernel(np.asarray(w.raw), *activations(w.kind, xq[0], xd[0]), out[0])
 
 
 ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # sub-blocks as Q6_K's kernel sums them
@@ -339,9 +335,9 @@ class BlockKernel:
     fn: object  # void (w, x, xd, xs, table, out, N, B); a call releases the GIL
     kind: str
 
-    def __call__(self, raw, xq, xd, xs, out) -> None:
+    def __call__(self, raw, xq, xd, xs, out):
         """raw: (N, B * size) uint8, and the token as `activations` gives it:
-        xq: (K,), xd, xs: (G,) -> out: (N,) float32"""
+        xq: (K,), xd, xs: (G,) -> work(a, b): rows a:b into out (N,) float32"""
         t, (size, per) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
         N, K = len(raw), len(xq)
         want = [(raw, np.uint8, (N, K // t.block * t.size)), (out, np.float32, (N,)),
@@ -353,8 +349,13 @@ class BlockKernel:
                                   a.flags.c_contiguous for a, d, s in want):
             raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
                              f"shape or layout for N={N}, K={K}")
-        self.fn(raw.ctypes.data, xq.ctypes.data, xd.ctypes.data, xs.ctypes.data,
-                CONSTANTS.ctypes.data, out.ctypes.data, N, K // t.block)
+        arrays = (raw, xq, xd, xs, CONSTANTS, out)  # alive as long as work is
+        at = [a.ctypes.data for a in arrays]  # the addresses, once per token
+
+        def work(a: int, b: int) -> None:  # a call releases the GIL
+            self.fn(at[0] + a * arrays[0].shape[1], *at[1:5], at[5] + 4 * a, b - a,
+                    K // t.block)
+        return work
 
 
 @functools.cache
