@@ -10,7 +10,8 @@ packed, chapter 38's kernels), `load_gguf` (every tensor decoded to float32) and
 that float32 model through `quantize_model(..., "q8_0")` (chapter 30's kernels).
 One decode step is `forward_cached` of one token after an 80-token prompt,
 repeated at the same position; the variants take turns in every round, at one
-and at two of our threads (BLAS at one thread), and each figure is a median.
+and at two of our threads (BLAS at one thread), and each figure is a median. The
+step's matrix-vector products are also timed alone (`products_ms`).
 Writes benchmarks/results/q4.json.
 """
 
@@ -92,12 +93,25 @@ def step_ms(model, cache, steps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def weight_bytes(model) -> int:
-    """Bytes of the matrices one decode step reads: the blocks' and the head."""
+def products(model) -> list:
+    """The weights one decode step multiplies by, the output head last."""
     p = model.params
     parts = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
-    return sum(b[x][y]["w"].nbytes for b in p["blocks"] for x, y in parts) + \
-        p["wte"].nbytes
+    return [b[x][y]["w"] for b in p["blocks"] for x, y in parts] + [p["wte"].T]
+
+
+def products_ms(model, steps: int) -> float:
+    """Median milliseconds of one step's matrix-vector products alone."""
+    weights, times = products(model), []
+    x = np.random.default_rng(0).standard_normal(max(w.shape[0] for w in weights),
+                                                 dtype=np.float32)
+    with blas_threads(1):
+        for _ in range(steps):
+            start = time.perf_counter()
+            for w in weights:
+                x[None, :w.shape[0]] @ w
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def run(quick: bool = False) -> dict:
@@ -114,23 +128,29 @@ def run(quick: bool = False) -> dict:
             caches[name] = m.empty_cache()
             m.forward_cached(np.arange(POSITION), caches[name], last_only=True)
         runs = {f"{n}_{t}": [] for n in models for t in (1, 2) if n != "f32" or t == 1}
+        alone = {key: [] for key in runs}
         for _ in range(rounds):
             for key in runs:  # the variants take turns
                 name, threads = key.rsplit("_", 1)
                 set_kernel_threads(int(threads))
                 settle()
                 runs[key].append(step_ms(models[name], caches[name], steps))
+                alone[key].append(products_ms(models[name], steps))
         set_kernel_threads(1)
         step = {k: statistics.median(v) for k, v in runs.items()}
+        only = {k: statistics.median(v) for k, v in alone.items()}
         results = {"shape": "GPT-2 124M (random weights)" if not quick else "quick",
                    "position": POSITION, "machine_code": bool(block_code()),
-                   "step_ms": step, "step_ms_rounds": runs,
-                   "bytes": {n: weight_bytes(m) for n, m in models.items()},
+                   "step_ms": step, "step_ms_rounds": runs, "products_ms": only,
+                   "bytes": {n: sum(w.nbytes for w in products(m))
+                             for n, m in models.items()},
                    "bits_per_weight": {k: 8 * GGML_TYPES[t].size / GGML_TYPES[t].block
                                        for k, t in (("Q4_K", 12), ("Q6_K", 14),
                                                     ("Q8_0", 8))},
                    "speedup_vs_q8_0": {t: step[f"q8_0_{t}"] / step[f"q4_k_m_{t}"]
                                        for t in (1, 2)},
+                   "products_speedup_vs_q8_0": {
+                       t: only[f"q8_0_{t}"] / only[f"q4_k_m_{t}"] for t in (1, 2)},
                    "speedup_vs_f32": step["f32_1"] / step["q4_k_m_1"]}
     save_results("q4", results, command="python -m benchmarks q4")
     return results
