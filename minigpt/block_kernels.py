@@ -29,7 +29,7 @@ import numpy as np
 
 from minigpt.gguf import GGUFFile, read_tensor
 from minigpt.gguf_q8_0 import load_gguf_q8_0
-from minigpt.kernels import TILE, rounded
+from minigpt.kernels import FEW, TILE, rounded
 from minigpt.kquants import GGML_TYPES
 from minigpt.kvcache import CachedGPT
 from minigpt.llama import LlamaModel
@@ -90,11 +90,6 @@ class BlockMatrix:
             raise TypeError("index a BlockMatrix by rows, not through .T")
         return decoded(self.kind, self.raw[rows])
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        """The whole matrix as float32 (for code that wants an array: slow)."""
-        a = decoded(self.kind, self.raw)
-        return (a.T if self.transposed else a).astype(dtype or np.float32)
-
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         """x @ W. x: (..., K), W: (K, N) -> (..., N)"""
         return block_matmul(x, self)
@@ -110,23 +105,26 @@ def decoded(kind: str, raw: np.ndarray) -> np.ndarray:
 
 # --8<-- [start:block-matmul]
 def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
-    """x @ w: our machine code for one token, else BLAS on decoded tiles, split
-    by rows over the threads. x: (..., K), w: (K, N) -> (..., N)"""
+    """x @ w: our machine code for a token or a few, else BLAS on decoded tiles,
+    split by rows over the threads. x: (..., K), w: (K, N) -> (..., N)"""
     x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
     code = block_code()
     out = np.empty((len(x2), len(w.raw)), np.float32)  # [T, N]
-    if len(x2) == 1 and w.kind in code:
-        split_rows(one_token(x2, w, code[w.kind], out), len(w.raw))
+    if len(x2) <= FEW and w.kind in code:
+        split_rows(few_tokens(x2, w, code[w.kind], out), len(w.raw))
     else:
         split_rows(tiles(x2, w, out), len(w.raw))
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 
 
-def one_token(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
-    """work(a, b): rows a:b of x @ w by our machine code. x: (1, K) -> out: (1, N)"""
+def few_tokens(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
+    """work(a, b): rows a:b of x @ w by our machine code, token after token: a
+    thread's rows stay in its cache for the next. x: (T, K) -> out: (T, N)"""
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
-    # a memory map is an ndarray subclass: np.asarray gives the plain view
-    return kernel(np.asarray(w.raw), *activations(w.kind, xq[0], xd[0]), out[0])
+    raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
+    works = [kernel(raw, *activations(w.kind, xq[t], xd[t]), out[t])
+             for t in range(len(x))]
+    return lambda a, b: [work(a, b) for work in works]
 
 
 ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # sub-blocks as Q6_K's kernel sums them
