@@ -2,14 +2,15 @@
 
 A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q6_K, Q5_0 or Q4_0 as its bytes, one
 row of blocks per output (a view of the mapped file), and stands in for the
-float32 array as chapter 29's `QuantMatrix` does. One token (`x` of one row) runs
-machine code of our own: the activations are rounded to Q8_0 as chapter 30 rounds
-them, each block's small integers are unpacked from their nibbles (and high bits)
-in registers and summed against them in integers, then scaled by the block's
-scales and the activations' ones; a token so reads about 4.5 bits a weight. A
-prompt decodes a tile of rows at a time into float32 for BLAS. `load_gguf_blocks`
-reads a GGUF model with these matrices packed and every other tensor as
-`load_gguf_q8_0`'s table of names reads it (float32 unless told otherwise).
+float32 array as chapter 29's `QuantMatrix` does. A token, or a few (up to
+`kernels.FEW` rows of `x`), runs machine code of our own, token by token: the
+activations are rounded to Q8_0 as chapter 30 rounds them, each block's small
+integers are unpacked from their nibbles (and high bits) in registers and summed
+against them in integers, then scaled by the block's scales and the activations'
+ones; a token so reads about 4.5 bits a weight. A longer prompt decodes a tile
+of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
+with these matrices packed and every other tensor as float32, through
+`load_gguf_q8_0`'s tables of names.
 
 Leaves out on purpose: Q5_K and the other formats (decoded to float32 at load),
 integer kernels for a prompt, and processors without AVX2 (the tile path runs).
