@@ -1,18 +1,20 @@
 """A decode step of a Q4_K_M GGUF model, packed, against Q8_0 and float32 (chapter 38).
 
-python -m benchmarks q4 [--quick]. A model of GPT-2 124M's shape with random
-weights is written as a GGUF file in the mix llama.cpp's Q4_K_M gives GPT-2: every
-block matrix Q4_K, the token embedding (which is also the output head) Q6_K,
-position embeddings, norms and biases F32. The blocks are random bytes with small
-float16 scales, so that building the file takes seconds (the values do not change
-the time). Three models are read from it: `load_gguf_blocks` (the 4-bit matrices
-packed, chapter 38's kernels), `load_gguf` (every tensor decoded to float32) and
-that float32 model through `quantize_model(..., "q8_0")` (chapter 30's kernels).
-One decode step is `forward_cached` of one token after an 80-token prompt,
-repeated at the same position; the variants take turns in every round, at one
-and at two of our threads (BLAS at one thread), and each figure is a median. The
-step's matrix-vector products are also timed alone (`products_ms`).
-Writes benchmarks/results/q4.json.
+python -m benchmarks q4 [--quick]. A model of GPT-2 124M's shape with random weights
+is written as a GGUF file in the mix llama.cpp's Q4_K_M gives GPT-2 (llama.cpp's
+llama-quant.cpp): the token embedding, which is also the output head, in Q6_K; the fused
+attn_qkv in Q5_K; ffn_down in Q6_K in the layers where llama.cpp uses more bits (the
+first and last eighth, and every third between) and Q4_K in the others; attn_output
+and ffn_up in Q4_K; position embeddings, norms and biases F32. The blocks are random
+bytes with small float16 scales, so that building the file takes seconds (the values
+do not change the time). Three models are read from it: `load_gguf_blocks` (the
+4-bit matrices packed, chapter 38's kernels), `load_gguf` (every tensor decoded to
+float32) and that float32 model through `quantize_model(..., "q8_0")` (chapter 30's
+kernels). One decode step is `forward_cached` of one token after an 80-token prompt,
+repeated at the same position; the variants take turns in every round, at one and at
+two of our threads (BLAS at one thread), and each figure is a median. The step's
+matrix-vector products are also timed alone (`products_ms`). Writes
+benchmarks/results/q4.json.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from minigpt.weights import GPTConfig
 POSITION = 80
 # bytes per block, and where its float16 scales are with the value given them
 SIZES = {"Q4_K": (144, [(0, 2.0**-12), (2, 2.0**-14)]),
+         "Q5_K": (176, [(0, 2.0**-13), (2, 2.0**-14)]),
          "Q6_K": (210, [(208, 2.0**-13)])}
+
+
+def more_bits(i: int, n: int) -> bool:
+    """llama.cpp's use_more_bits: the layers whose ffn_down Q4_K_M keeps in Q6_K."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
 def random_blocks(kind: str, rows: int, cols: int, rng) -> np.ndarray:
@@ -69,10 +77,12 @@ def write_q4_k_m(path: Path, c: GPTConfig, seed: int = 0) -> Path:
         w.add_tensor(f"{name}.weight", np.ones(C, np.float32))
         w.add_tensor(f"{name}.bias", np.zeros(C, np.float32))
     for i in range(c.n_layer):
-        for name, rows, cols in (("attn_qkv", 3 * C, C), ("attn_output", C, C),
-                                 ("ffn_up", 4 * C, C), ("ffn_down", C, 4 * C)):
+        down = "Q6_K" if more_bits(i, c.n_layer) else "Q4_K"
+        for name, rows, cols, kind in (
+                ("attn_qkv", 3 * C, C, "Q5_K"), ("attn_output", C, C, "Q4_K"),
+                ("ffn_up", 4 * C, C, "Q4_K"), ("ffn_down", C, 4 * C, down)):
             w.add_tensor(f"blk.{i}.{name}.weight", random_blocks(
-                "Q4_K", rows, cols, rng), raw_dtype=kinds["Q4_K"])
+                kind, rows, cols, rng), raw_dtype=kinds[kind])
             w.add_tensor(f"blk.{i}.{name}.bias", np.zeros(rows, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -145,8 +155,8 @@ def run(quick: bool = False) -> dict:
                    "bytes": {n: sum(w.nbytes for w in products(m))
                              for n, m in models.items()},
                    "bits_per_weight": {k: 8 * GGML_TYPES[t].size / GGML_TYPES[t].block
-                                       for k, t in (("Q4_K", 12), ("Q6_K", 14),
-                                                    ("Q8_0", 8))},
+                                       for k, t in (("Q4_K", 12), ("Q5_K", 13),
+                                                    ("Q6_K", 14), ("Q8_0", 8))},
                    "speedup_vs_q8_0": {t: step[f"q8_0_{t}"] / step[f"q4_k_m_{t}"]
                                        for t in (1, 2)},
                    "products_speedup_vs_q8_0": {

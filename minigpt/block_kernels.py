@@ -1,7 +1,7 @@
 """Four-bit kernels: GGUF's block formats multiplied as they are stored.
 
-A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q6_K, Q5_0 or Q4_0 as its bytes, one
-row of blocks per output (a view of the mapped file), and stands in for the
+A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q5_K, Q6_K, Q5_0 or Q4_0 as its bytes,
+one row of blocks per output (a view of the mapped file), and stands in for the
 float32 array as chapter 29's `QuantMatrix` does. A token, or a few (up to
 `kernels.FEW` rows of `x`), runs machine code of our own, token by token: the
 activations are rounded to Q8_0 as chapter 30 rounds them, each block's small
@@ -12,7 +12,7 @@ of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
 with these matrices packed and every other tensor as float32, through
 `load_gguf_q8_0`'s tables of names.
 
-Leaves out on purpose: Q5_K and the other formats (decoded to float32 at load),
+Leaves out on purpose: the other formats (decoded to float32 at load),
 integer kernels for a prompt, and processors without AVX2 (the tile path runs).
 """
 
@@ -57,14 +57,14 @@ __all__ = ["BLOCKS", "KINDS", "BlockMatrix", "activations", "block_code",
 
 
 # --8<-- [start:block-matrix]
-KINDS = {"Q4_0": 2, "Q5_0": 6, "Q4_K": 12, "Q6_K": 14}  # kept packed: ggml's ids
+KINDS = {"Q4_0": 2, "Q5_0": 6, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}  # ggml's ids
 
 
 @dataclass(frozen=True)
 class BlockMatrix:
     """A matrix kept in a GGUF block format, as stored; it stands in for the array."""
 
-    kind: str  # "Q4_K", "Q6_K", "Q5_0" or "Q4_0"
+    kind: str  # "Q4_K", "Q5_K", "Q6_K", "Q5_0" or "Q4_0"
     raw: np.ndarray  # [R, blocks per row * bytes per block] uint8: row r's blocks
     transposed: bool = False  # True: stands for the [K, R] matrix, a weight
 
@@ -140,7 +140,7 @@ def activations(kind: str, xq: np.ndarray, xd: np.ndarray) -> tuple:
         at = (np.arange(len(sums) // 8)[:, None] * 8 + ORDER).ravel()
         return xq.astype(np.int8), np.repeat(xd, 2)[at], sums[at]
     sums = xd * xq.reshape(-1, 32).sum(axis=1).astype(np.float32)
-    return (xq.astype(np.int8) if kind == "Q4_K" else xq.astype(np.int16)), xd, sums
+    return xq.astype(np.int8 if kind.endswith("K") else np.int16), xd, sums
 
 
 def tiles(x: np.ndarray, w: BlockMatrix, out: np.ndarray):
@@ -217,9 +217,9 @@ def bytes8(builder, low, high):
     return builder.zext(eight, ir.VectorType(i32, 8))
 
 
-def q4_k_block(builder, b, x, xd, xs, k):
-    """One Q4_K super-block (144 bytes) against 256 int8 activations: [(lane j:
-    the integer dot of sub-block j, lane j: its scale)], and what to subtract."""
+def k_scales_ir(builder, b, xd, xs):
+    """Q4_K's and Q5_K's first 16 bytes -> 8 lanes of d * sc_j * xd_j (scales)
+    and 8 of dmin * m_j * xs_j (mins), float32."""
     d, dmin = half_at(builder, b, 0), half_at(builder, b, 2)
     a, m4, c = (builder.extract_element(vector_at(builder, b, at, 1, 32),
                                         ir.IntType(32)(0)) for at in (4, 8, 12))
@@ -231,16 +231,22 @@ def q4_k_block(builder, b, x, xd, xs, k):
                 or_(and_(c, i32(0x0F0F0F0F)), top[0]))
     m = bytes8(builder, and_(m4, i32(0x3F3F3F3F)),
                or_(and_(low(c, i32(4)), i32(0x0F0F0F0F)), top[1]))
+    v8f32 = ir.VectorType(ir.FloatType(), 8)
+    fm, xdv, xsv = builder.fmul, *(builder.load(builder.bitcast(
+        p, v8f32.as_pointer()), align=4) for p in (xd, xs))
+    return (fm(fm(builder.uitofp(sc, v8f32), xdv), splat(builder, d, 8)),
+            fm(fm(builder.uitofp(m, v8f32), xsv), splat(builder, dmin, 8)))
+
+
+def q4_k_block(builder, b, x, xd, xs, k):
+    """One Q4_K super-block (144 bytes) against 256 int8 activations: [(lane j:
+    the integer dot of sub-block j, lane j: its scale)], and what to subtract."""
     dots = []
     for j in range(8):  # sub-blocks 2p and 2p+1: the low, high nibbles of 32 bytes
         q = vector_at(builder, b, 16 + 32 * (j // 2), 32, 8)
         dots.append(madd_bytes(builder, byte_shift(builder, q, 4 * (j % 2), k, "15"),
                                x, 32 * j, k))
-    v8f32 = ir.VectorType(ir.FloatType(), 8)
-    fm, xdv, xsv = builder.fmul, *(builder.load(builder.bitcast(
-        p, v8f32.as_pointer()), align=4) for p in (xd, xs))
-    scales = fm(fm(builder.uitofp(sc, v8f32), xdv), splat(builder, d, 8))
-    mins = fm(fm(builder.uitofp(m, v8f32), xsv), splat(builder, dmin, 8))
+    scales, mins = k_scales_ir(builder, b, xd, xs)
     return [(sums8(builder, dots), scales)], mins
 # --8<-- [end:q4-k-block]
 
@@ -248,26 +254,27 @@ def q4_k_block(builder, b, x, xd, xs, k):
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_K": q4_k_block}  # kind -> its block's IR; more are added below
 # bytes per activation (int16 or int8), and xd and xs numbers per block
-ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q6_K": (1, 16)}
+ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q5_K": (1, 8),
+               "Q6_K": (1, 16)}
 # the constants the blocks need, passed in memory: a vector or float constant in
 # the code would be loaded from a data section, which elf_text refuses
 CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16, 8]
-                     + [24] * 4 + [16] * 4, np.int16)
+                     + [24] * 4 + [16] * 4 + [0x0101], np.int16)
 
 
 def constants(builder, table) -> dict:
-    """In 16 int16 lanes: 1 << j in lane j; 15 and 3 in each byte; 1; 16.
+    """In 16 int16 lanes: 1 << j in lane j; 15, 3 and 1 in each byte; 1; 16.
     Shifts for Q6_K's scales in 8 int32 lanes; 16.0, 8.0 as float32."""
     i16, i64 = ir.IntType(16), ir.IntType(64)
     k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
         i16, 16).as_pointer()), align=2)}
     at = {name: builder.load(builder.gep(table, [i64(16 + i)]))
           for i, name in enumerate(("15", "3", "1", "16", "8"))}
-    k |= {name: splat(builder, at[name], 16) for name in ("15", "3", "1", "16")}
-    shifts = builder.bitcast(builder.gep(table, [i64(21)]),
-                             ir.VectorType(i16, 8).as_pointer())
-    k["even odd"] = builder.sext(builder.load(shifts, align=2),
-                                 ir.VectorType(ir.IntType(32), 8))
+    at["bit"] = builder.load(builder.gep(table, [i64(29)]))  # 1 in each byte
+    k |= {n: splat(builder, at[n], 16) for n in ("15", "3", "1", "16", "bit")}
+    shifts = builder.load(builder.bitcast(builder.gep(table, [i64(21)]),
+                                          ir.VectorType(i16, 8).as_pointer()), align=2)
+    k["even odd"] = builder.sext(shifts, ir.VectorType(ir.IntType(32), 8))
     return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
 
 
@@ -423,6 +430,26 @@ BLOCKS["Q6_K"] = q6_k_block
 # --8<-- [end:q6-k-block]
 
 
+# --8<-- [start:q5-k-block]
+def q5_k_block(builder, b, x, xd, xs, k):
+    """One Q5_K super-block (176 bytes): Q4_K's first 16 bytes, 32 bytes whose bit
+    j is the fifth bit of sub-block j's values, then Q4_K's nibbles."""
+    dots, fifth = [], vector_at(builder, b, 16, 32, 8)
+    for j in range(8):
+        q = vector_at(builder, b, 48 + 32 * (j // 2), 32, 8)
+        q = byte_shift(builder, q, 4 * (j % 2), k, "15")
+        top = byte_shift(builder, fifth, j, k, "bit")  # 0 or 1 in each byte
+        top = builder.bitcast(builder.shl(builder.bitcast(top, k["1"].type),
+                                          k["1"].type([4] * 16)), top.type)
+        dots.append(madd_bytes(builder, builder.or_(q, top), x, 32 * j, k))
+    scales, mins = k_scales_ir(builder, b, xd, xs)  # as Q4_K's
+    return [(sums8(builder, dots), scales)], mins
+
+
+BLOCKS["Q5_K"] = q5_k_block
+# --8<-- [end:q5-k-block]
+
+
 # --8<-- [start:q5-0-q4-0-block]
 def wide(builder, base, offset: int):
     """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
@@ -496,7 +523,7 @@ def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
 
 
 def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
-    """A model from a .gguf file, its Q4_K, Q6_K, Q5_0 and Q4_0 matrices packed,
+    """A model from a .gguf file, its matrices in the formats of KINDS packed,
     others as load_gguf reads them."""
     return load_gguf_q8_0(path, matrix=block_matrix)
 # --8<-- [end:load-gguf-blocks]
