@@ -255,7 +255,7 @@ def test_walks_over_params_pass_a_packed_model_or_refuse(tmp_path):
         threaded_model(packed)
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "Q8_0"])
 def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
     from minigpt import DEMO_LLAMA
     from tools.gguf_export import QUANTISE, export_gguf
@@ -270,7 +270,13 @@ def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
         QUANTISE.pop("Q5_0", None)
     packed, floats = load_gguf_blocks(path), load_gguf(path)
     q = packed.params["layers"][0]["self_attn"]["q_proj"]
-    assert isinstance(q, BlockMatrix) and q.kind == kind and q.transposed
+    if kind == "Q8_0":  # kept as stored, in chapter 29's QuantMatrix
+        from minigpt.quantize import QuantMatrix
+
+        assert isinstance(q, QuantMatrix) and q.transposed
+    else:
+        assert isinstance(q, BlockMatrix) and q.kind == kind and q.transposed
     ids = np.arange(1, 40)
     want = floats.forward(ids)  # q and k rows reordered there after decoding
-    assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
+    tol = 2e-2 if kind == "Q8_0" else 1e-4  # Q8_0's prompt rounds activations too
+    assert np.abs(packed.forward(ids) - want).max() <= tol * np.abs(want).max()
