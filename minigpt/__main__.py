@@ -305,11 +305,7 @@ def open_model(args: argparse.Namespace):
     if args.quantize and saved and args.quantize != saved:
         raise ValueError(f"--quantize {args.quantize}: {args.model} holds {saved} "
                          f"weights already")
-    if is_gguf(args.model) and not args.quantize:  # 4-bit blocks kept packed
-        from minigpt.block_kernels import load_gguf_blocks
-
-        model = kernel_model(load_gguf_blocks(args.model))  # the rest float32
-    elif not (args.quantize or saved):  # float32: our code for a few tokens
+    if not (args.quantize or saved):  # float32: our code for a few tokens
         model = kernel_model(load_model(args.model))
     elif is_gguf(args.model) and args.quantize == "q8_0":  # blocks as stored
         from minigpt.gguf_q8_0 import load_gguf_q8_0

@@ -9,8 +9,9 @@ integers are unpacked from their nibbles (and high bits) in registers and summed
 against them in integers, then scaled by the block's scales and the activations'
 ones; a token so reads about 4.5 bits a weight. A longer prompt decodes a tile
 of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
-with these matrices packed, Q8_0 ones as chapter 33's `QuantMatrix`, and every
-other tensor as float32, through `load_gguf_q8_0`'s tables of names.
+with these matrices packed and every other tensor as float32, as chapter 32's
+`load_gguf` does, through `load_gguf_q8_0`'s tables of names; `load_model` reads a
+.gguf file with it.
 
 Leaves out on purpose: the other formats (decoded to float32 at load),
 integer kernels for a prompt, and processors without AVX2 (the tile path runs).
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minigpt.gguf import GGUFFile, read_tensor
-from minigpt.gguf_q8_0 import as_q8_0, load_gguf_q8_0
+from minigpt.gguf_q8_0 import load_gguf_q8_0
 from minigpt.kernels import FEW, TILE, rounded
 from minigpt.kquants import GGML_TYPES
 from minigpt.kvcache import CachedGPT
@@ -511,12 +512,9 @@ BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [start:load-gguf-blocks]
 def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
     """A matrix of the file: a BlockMatrix of its bytes if its format is one
-    of KINDS, a QuantMatrix if Q8_0, else float32 as load_gguf reads it;
-    heads: LLaMA's q or k."""
+    of KINDS, else float32 as load_gguf reads it; heads: LLaMA's q or k."""
     info = gguf.tensors[name]
     kind = GGML_TYPES[info.kind].name
-    if kind == "Q8_0":  # chapter 33 keeps these as stored
-        return as_q8_0(gguf, name, heads)
     packed = kind in KINDS and len(info.shape) == 2
     x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
         info.shape[0], -1) if packed else read_tensor(gguf, name)
@@ -527,6 +525,6 @@ def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
 
 def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
     """A model from a .gguf file, its matrices in the formats of KINDS packed,
-    Q8_0 ones as QuantMatrix, others as load_gguf reads them."""
+    others as load_gguf reads them."""
     return load_gguf_q8_0(path, matrix=block_matrix)
 # --8<-- [end:load-gguf-blocks]

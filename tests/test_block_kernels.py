@@ -270,13 +270,10 @@ def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
         QUANTISE.pop("Q5_0", None)
     packed, floats = load_gguf_blocks(path), load_gguf(path)
     q = packed.params["layers"][0]["self_attn"]["q_proj"]
-    if kind == "Q8_0":  # kept as stored, in chapter 29's QuantMatrix
-        from minigpt.quantize import QuantMatrix
-
-        assert isinstance(q, QuantMatrix) and q.transposed
+    if kind == "Q8_0":  # not a format of KINDS: float32, as load_gguf reads it
+        assert isinstance(q, np.ndarray)
     else:
         assert isinstance(q, BlockMatrix) and q.kind == kind and q.transposed
     ids = np.arange(1, 40)
     want = floats.forward(ids)  # q and k rows reordered there after decoding
-    tol = 2e-2 if kind == "Q8_0" else 1e-4  # Q8_0's prompt rounds activations too
-    assert np.abs(packed.forward(ids) - want).max() <= tol * np.abs(want).max()
+    assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
