@@ -7,7 +7,9 @@ float16 scale and its 32 int8 values, with no float32 copy of the matrix in
 between; the model then reads a quarter of float32's bytes per token, through
 chapter 30's kernels. Matrices of other types are decoded and quantised to Q8_0
 by chapter 29's `quantize_matrix`; vectors (norms, biases) stay float32. Uses
-only `QuantMatrix`, its `.T` and `quantize_matrix` from `minigpt.quantize`.
+only `QuantMatrix`, its `.T` and `quantize_matrix` from `minigpt.quantize`. The
+loader takes the function that reads a matrix as an argument, so that
+`block_kernels` can keep 4-bit blocks packed with the same name tables.
 
 Leaves out on purpose: keeping 4-bit matrices in 4 bits (they become Q8_0, 8.5
 bits a weight), and the NumPy fallback's speed (without compiled kernels a
@@ -16,6 +18,7 @@ quantised model is slower than a float32 one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +74,17 @@ def as_q8_0(gguf: GGUFFile, name: str, heads: int | None = None) -> QuantMatrix:
 
 # --8<-- [start:gguf-q8-0-params]
 def q8_0_params(gguf: GGUFFile, names: dict, table: dict, params: dict,
-                heads: dict, out_in: bool) -> dict:
-    """Our params from the file: matrices in Q8_0, vectors float32, shapes checked.
-    out_in: the name table gives weights [out, in] (LLaMA) or [in, out] (GPT-2)."""
+                heads: dict, out_in: bool, matrix: Callable = as_q8_0) -> dict:
+    """Our params from the file: matrices by `matrix` (in Q8_0), vectors float32,
+    shapes checked. out_in: the name table gives weights [out, in] (LLaMA) or
+    [in, out] (GPT-2)."""
     table = dict(table)  # ours to empty: what is left at the end is missing
     for hf, name in names.items():
         if hf not in table:
             raise GGUFError(f"{gguf.path}: tensor {name!r}: not a parameter")
         where, shape = table.pop(hf)
         weight = len(shape) == 2 and where[0] not in TABLES
-        x = as_q8_0(gguf, name, heads.get(hf)) if len(shape) == 2 else \
+        x = matrix(gguf, name, heads.get(hf)) if len(shape) == 2 else \
             read_tensor(gguf, name)
         want = shape[::-1] if weight and not out_in else shape  # rows are outputs
         if tuple(x.shape) != tuple(want):
@@ -94,8 +98,10 @@ def q8_0_params(gguf: GGUFFile, names: dict, table: dict, params: dict,
 
 
 # --8<-- [start:load-gguf-q8-0]
-def load_gguf_q8_0(path: str | Path) -> LlamaModel | CachedGPT:
-    """A model from a .gguf file with every matrix in Q8_0 (Q8_0 ones as stored)."""
+def load_gguf_q8_0(path: str | Path, matrix: Callable = as_q8_0
+                   ) -> LlamaModel | CachedGPT:
+    """A model from a .gguf file with every matrix in Q8_0 (Q8_0 ones as stored),
+    or as another `matrix(gguf, name, heads)` reads it."""
     gguf = read_gguf(path)
     arch = meta(gguf, "general.architecture", str)
     if arch not in ("gpt2", *LLAMA_FAMILY) or "token_embd.weight" not in gguf.tensors:
@@ -106,7 +112,7 @@ def load_gguf_q8_0(path: str | Path) -> LlamaModel | CachedGPT:
         names.pop("lm_head.weight", None)  # GPT-2's head is the embedding
         params = q8_0_params(gguf, names, gpt2_names(config),
                              {"blocks": [{} for _ in range(config.n_layer)]}, {},
-                             out_in=False)
+                             out_in=False, matrix=matrix)
         return CachedGPT(config, params)
     config = llama_config(gguf, arch)
     heads = {f"layers.{i}.self_attn.{p}_proj.weight": n for i in
@@ -115,7 +121,8 @@ def load_gguf_q8_0(path: str | Path) -> LlamaModel | CachedGPT:
     params = q8_0_params(gguf, hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers"),
                          llama_names(config),
                          {"layers": [{} for _ in range(config.n_layer)]},
-                         heads if arch == "llama" else {}, out_in=True)
+                         heads if arch == "llama" else {}, out_in=True,
+                         matrix=matrix)
     if config.tie_word_embeddings:
         params["lm_head"] = params["embed_tokens"].T  # the table, as a head
     return LlamaModel(config, params)

@@ -143,6 +143,8 @@ def quantize_model(model, scheme: str = "q8_0"):
     group = SCHEMES[scheme][0] or 1
 
     def make(rows: np.ndarray) -> QuantMatrix | RowMatrix:
+        if not isinstance(rows, np.ndarray):
+            return rows  # a quantised stand-in already: kept as it is stored
         if rows.shape[1] % group:
             return as_rows(rows)
         return quantize_matrix(rows, scheme)
