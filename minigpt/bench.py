@@ -187,13 +187,13 @@ def blas_threads(n: int | None) -> Iterator[None]:
 
 # --8<-- [start:param-arrays]
 def param_arrays(params: dict | list) -> Iterator[np.ndarray]:
-    """Every array in a nested params dict, each once."""
+    """Every array in a nested params dict (or an object standing in for one)."""
     items = params.values() if isinstance(params, dict) else params
     for x in items:
-        if isinstance(x, np.ndarray):
-            yield x
-        else:
+        if isinstance(x, dict | list):
             yield from param_arrays(x)
+        else:
+            yield x
 
 
 def weight_bytes(params: dict) -> int:

@@ -49,7 +49,7 @@ def reference_matmul(x: np.ndarray, w) -> np.ndarray:
 
 # --8<-- [start:quantized-matmul]
 # token rows up to which our machine code beats BLAS (measured): one token while
-# decoding, or one from each of a few sequences (chapter 35's batches)
+# decoding, or one from each of a few sequences (chapter 36's batches)
 FEW = 16
 
 
@@ -108,7 +108,7 @@ def tiles(x: np.ndarray, w, out: np.ndarray) -> Callable:
 
 # --8<-- [start:float-matmul]
 # token rows up to which our float32 code beat BLAS on one thread (measured in
-# chapter 35): past it, a prompt's matrix-matrix product is BLAS's to do
+# chapter 36): past it, a prompt's matrix-matrix product is BLAS's to do
 FLOAT_FEW = 128
 
 

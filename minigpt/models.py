@@ -143,7 +143,7 @@ def is_gguf(path: Path) -> bool:
 
 def gguf_loader() -> Loader:
     """The loaders of a .gguf file, imported only when one is opened: chapter
-    32's tables of names, 4-bit and Q8_0 matrices kept as stored (chapter 38)."""
+    32's tables of names, 4-bit and Q8_0 matrices kept as stored (chapter 35)."""
     from minigpt.block_kernels import load_gguf_blocks
     from minigpt.gguf_tokenizer import load_gguf_tokenizer
 

@@ -222,7 +222,10 @@ def map_matrices(params: dict, make: Callable) -> dict:
 
 
 def as_rows(a: np.ndarray) -> RowMatrix:
-    """A RowMatrix of a's rows: a copy only where they are not contiguous already."""
+    """A RowMatrix of a's rows: a copy only where they are not contiguous already
+    (a matrix that is a stand-in already, such as a quantised one, is kept)."""
+    if not isinstance(a, np.ndarray):
+        return a  # map_matrices' make(w.T).T then gives w back
     return RowMatrix(np.ascontiguousarray(a, dtype=np.float32))
 
 
