@@ -9,7 +9,7 @@ integers are unpacked from their nibbles (and high bits) in registers and summed
 against them in integers, then scaled by the block's scales and the activations'
 ones; a token so reads about 4.5 bits a weight. A longer prompt decodes a tile
 of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
-with these matrices packed and every other tensor as float32, as chapter 32's
+with these matrices packed and every other tensor as float32, as chapter 33's
 `load_gguf` does, through `load_gguf_q8_0`'s tables of names; `load_model` reads a
 .gguf file with it.
 
@@ -98,7 +98,7 @@ class BlockMatrix:
 
 
 def decoded(kind: str, raw: np.ndarray) -> np.ndarray:
-    """Rows of blocks -> float32 rows, by chapter 33's decoders. (..., B) -> (..., K)"""
+    """Rows of blocks -> float32 rows, by chapter 34's decoders. (..., B) -> (..., K)"""
     t = GGML_TYPES[KINDS[kind]]
     values = t.decode(np.asarray(raw).reshape(-1, t.size))  # [blocks, block]
     return values.reshape(*raw.shape[:-1], raw.shape[-1] // t.size * t.block)

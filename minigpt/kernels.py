@@ -50,7 +50,7 @@ def reference_matmul(x: np.ndarray, w) -> np.ndarray:
 
 # --8<-- [start:quantized-matmul]
 # token rows up to which our machine code beats BLAS (measured): one token while
-# decoding, or one from each of a few sequences (chapter 36's batches)
+# decoding, or one from each of a few sequences (chapter 37's batches)
 FEW = 16
 
 
@@ -109,7 +109,7 @@ def tiles(x: np.ndarray, w, out: np.ndarray) -> Callable:
 
 # --8<-- [start:float-matmul]
 # token rows up to which our float32 code beat BLAS on one thread (measured in
-# chapter 36): past it, a prompt's matrix-matrix product is BLAS's to do
+# chapter 37): past it, a prompt's matrix-matrix product is BLAS's to do
 FLOAT_FEW = 128
 
 

@@ -43,17 +43,17 @@ from minigpt.machine_code import (
     ir,
     machine_code,
 )
-from minigpt.threads import PIECES, kernel_threads, shares
+from minigpt.threads import PIECES, kernel_threads, shares, split_rows
 
-__all__ = ["SPIN", "MachineCrew", "crew_code", "machine_crew", "run_rows"]
-
-ROW, HEAD = 10, 8  # a piece: its flag and the kernel's 9 arguments; a table's head
-SPIN = 200e-6  # seconds a helper waits for work before it sleeps: a step's gaps
+__all__ = ["SPIN", "MachineCrew", "crew_code", "cut", "machine_crew", "run_rows"]
 
 
 # --8<-- [start:crew-ir]
-def wait_ir(builder: ir.IRBuilder, at: ir.Value, value: ir.Value, same: bool,
-            rounds: ir.Value, give: ir.Value) -> ir.Value:
+ROW, HEAD = 10, 8  # a piece: its flag and the kernel's 9 arguments; a table's head
+
+
+def wait_ir(builder: "ir.IRBuilder", at: "ir.Value", value: "ir.Value",  # noqa: UP037
+            same: bool, rounds: "ir.Value", give: "ir.Value") -> "ir.Value":  # noqa: UP037
     """Wait while *at == value (same) or != value, at most `rounds` pauses,
     calling give() every 256. -> i1: the wait ended because *at changed"""
     i64 = ir.IntType(64)
@@ -79,7 +79,7 @@ def wait_ir(builder: ir.IRBuilder, at: ir.Value, value: ir.Value, same: bool,
     return ended
 
 
-def pieces_ir(module: ir.Module) -> ir.Function:
+def pieces_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """void run_pieces(table): claim each piece whose flag is still 0 and call
     the table's kernel on it; table: [n, left, kernel, ..., rows of ROW]"""
     i64, p8 = ir.IntType(64), ir.IntType(8).as_pointer()
@@ -143,6 +143,9 @@ def crew_ir() -> str:
 
 
 # --8<-- [start:crew-code]
+SPIN = 200e-6  # seconds a helper waits for work before it sleeps: a step's gaps
+
+
 @functools.cache
 def crew_code() -> dict:
     """"worker", "join", "yield" and "rounds" (pauses in SPIN seconds), compiled
@@ -182,8 +185,9 @@ class MachineCrew:
 
     def serve(self, h: int) -> None:
         """A helper's life: wait and work in machine code; sleep when idle."""
-        seen, c = 0, self.code
+        seen = 0
         while True:
+            c = self.code
             seen = c["worker"](self.ctrl.ctypes.data, seen, c["rounds"], c["yield"])
             self.asleep[h].set()
             if self.ctrl[0] == seen:  # nothing new since it stopped waiting
@@ -227,12 +231,10 @@ def run_rows(kernel: MachineKernel, x: np.ndarray, xd: np.ndarray | None,
              fallback: Callable[[int, int], None]) -> None:
     """kernel(x, xd, q, d, out) with the rows of q shared out over our threads,
     which run it in machine code; fallback(a, b) does rows a:b where there is none."""
-    from minigpt.threads import split_rows  # chapter 23's crew, for the fallback
-
     threads, N = kernel_threads(), q.shape[0]
     pieces = cut(N, threads)
     if threads == 1 or len(pieces) == 1 or not crew_code():
-        split_rows(fallback, N)
+        split_rows(fallback, N)  # one thread, or chapter 23's crew
         return
     S = kernel.check(x, xd, q, d, out)  # once, for the whole product
     K, G = q.shape[1], 0 if d is None else d.shape[1]
