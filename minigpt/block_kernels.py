@@ -142,12 +142,9 @@ def q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def activations(kind: str, x: np.ndarray) -> tuple:
     """Tokens as `kind`'s kernel reads them: numbers, a scale per block, and
-    sums of each 16 or 32 numbers (int16). x: (T, K) -> 3 arrays of T rows"""
+    sums of each 16 (K formats) or 32 numbers. x: (T, K) -> 3 arrays of T rows"""
     if kind.endswith("K"):  # by machine code where exercise 5 built some
-        xq, xd, sums = (ROUNDERS.get("Q8_K", lambda: None)() or q8_k)(x)
-        if kind != "Q6_K":  # the sub-blocks of Q4_K and Q5_K are 32 long
-            sums = sums.reshape(len(x), -1, 2).sum(axis=2, dtype=np.int16)
-        return xq, xd, sums
+        return (ROUNDERS.get("Q8_K", lambda: None)() or q8_k)(x)
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
     return xq.astype(np.int16), xd, xq.reshape(len(x), -1, 32).sum(2, dtype=np.int16)
 
@@ -242,10 +239,10 @@ def k_scales_ir(builder, b):
     return builder.shuffle_vector(sc, sc, twice), m
 
 
-def k_terms(builder, b, xd, xs, dot, m):
+def k_terms(builder, b, xd, xs, dot, m, k):
     """A Q4_K or Q5_K super-block's [(integer dot, d * xd), (integer sum of
     m_j times the token's sum over sub-block j, -dmin * xd)]."""
-    sums = builder.sext(vector_at(builder, xs, 0, 8, 16), m.type)  # 8 int16
+    sums = madd_words(builder, vector_at(builder, xs, 0, 16, 16), k["1"])  # per 32
     d, dmin, x = half_at(builder, b, 0), half_at(builder, b, 2), builder.load(xd)
     # minus in integers: a float negation would need a constant (a sign mask)
     return [(dot, builder.fmul(d, x)),
@@ -262,14 +259,14 @@ def q4_k_block(builder, b, x, xd, xs, k):
         q = byte_shift(builder, q, 4 * (j % 2), k, "15")
         term = madd_bytes(builder, q, x, 32 * j, picked(builder, sc, k[f"pick {j}"]))
         dot = term if dot is None else builder.add(dot, term)  # exact, in int32
-    return k_terms(builder, b, xd, xs, dot, m)
+    return k_terms(builder, b, xd, xs, dot, m, k)
 # --8<-- [end:q4-k-block]
 
 
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_K": q4_k_block}  # kind -> its block's IR; more are added below
 # per kind: the token's numbers, and how many int16 sums a block has
-ACTIVATIONS = {k: (np.int8, 16 if k == "Q6_K" else 8) for k in KINDS} | {
+ACTIVATIONS = {k: (np.int8, 16) for k in KINDS} | {
     "Q4_0": (np.int16, 1), "Q5_0": (np.int16, 1)}
 # the constants the blocks need, passed in memory: a vector or float constant in
 # the code would be loaded from a data section, which elf_text refuses
@@ -298,35 +295,32 @@ def block_rows_ir(module, kind: str):
     """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n
     of W (B blocks each) times the token x (xd, xs: as `activations` gives them)."""
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
-    args = [i8.as_pointer(), i8.as_pointer(), f32.as_pointer(), *[i16.as_pointer()] * 2]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        *args, f32.as_pointer(), i64, i64]), f"minigpt_{kind.lower()}_rows")
+        i8.as_pointer(), i8.as_pointer(), f32.as_pointer(), *[i16.as_pointer()] * 2,
+        f32.as_pointer(), i64, i64]), f"minigpt_{kind.lower()}_rows")
     w, x, xd, xs, table, out, N, B = fn.args
-    # one row's dot product, a function of its own: within one loop, LLVM would
-    # turn the rows of no blocks (B = 0) into a call of the C library's memset
-    dot = ir.Function(module, ir.FunctionType(f32, [*args, i64]),
-                      f"minigpt_{kind.lower()}_dot")
-    dot.linkage = "internal"  # called only from this module: no symbol to look up
-    dot.attributes.add("noinline")
+    for a in fn.args[:6]:  # no two arrays overlap: the constants load once
+        a.add_attribute("noalias")
     builder = ir.IRBuilder(fn.append_basic_block())
-    with counted(builder, N) as n:
-        row = builder.gep(w, [builder.mul(n, builder.mul(
-            B, i64(GGML_TYPES[KINDS[kind]].size)))])
-        builder.store(builder.call(dot, [row, x, xd, xs, table, B]),
+    k, size = constants(builder, table), GGML_TYPES[KINDS[kind]].size
+    # B > 0 (BlockKernel refuses K = 0): else LLVM would make the rows of no
+    # blocks a call of the C library's memset
+    with builder.if_then(builder.icmp_signed(">", B, i64(0))), \
+            counted(builder, N) as n:
+        row = builder.gep(w, [builder.mul(n, builder.mul(B, i64(size)))])
+        builder.store(row_dot_ir(builder, kind, row, x, xd, xs, k, B),
                       builder.gep(out, [n]))
     builder.ret_void()
-    row_dot_ir(dot, kind)
     return fn
 
 
-def row_dot_ir(fn, kind: str) -> None:
-    """The body of float dot(row, x, xd, xs, table, B): B blocks times x."""
+def row_dot_ir(builder, kind: str, row, x, xd, xs, k, B):
+    """B blocks of `row` times x, in IR at the builder. -> a float32 value"""
     i64, v8f32 = ir.IntType(64), ir.VectorType(ir.FloatType(), 8)
-    row, x, xd, xs, table, B = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block())
-    k, t, (xt, per) = constants(builder, table), GGML_TYPES[KINDS[kind]], \
-        ACTIVATIONS[kind]
-    acc = builder.alloca(v8f32)  # 8 partial sums, added up at the end
+    t, (xt, per) = GGML_TYPES[KINDS[kind]], ACTIVATIONS[kind]
+    fma = declare(builder.module, "llvm.fma.v8f32", v8f32, [v8f32] * 3)  # a * b + c
+    with builder.goto_entry_block():  # where LLVM keeps it in a register
+        acc = builder.alloca(v8f32)  # 8 partial sums, added up at the end
     builder.store(v8f32(None), acc)
     with counted(builder, B) as blk:
         b = builder.gep(row, [builder.mul(blk, i64(t.size))])
@@ -336,10 +330,10 @@ def row_dot_ir(fn, kind: str) -> None:
         sb = builder.bitcast(builder.gep(xs, [builder.mul(blk, i64(per))]), x.type)
         total = builder.load(acc)  # each pair: to float once a block, times its scale
         for dot, s in BLOCKS[kind](builder, b, xb, builder.gep(xd, [blk]), sb, k):
-            total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32),
-                                                     splat(builder, s, 8)))
+            total = builder.call(fma, [builder.sitofp(dot, v8f32), splat(builder, s, 8),
+                                       total])
         builder.store(total, acc)
-    builder.ret(lane_sum(builder, builder.load(acc)))
+    return lane_sum(builder, builder.load(acc))
 # --8<-- [end:block-rows-ir]
 
 
@@ -361,7 +355,7 @@ class BlockKernel:
                 (xq, xt, (K,)), (xd, np.float32, (K // t.block,)),
                 (xs, np.int16, (K // t.block * per,))]
         # the machine code trusts its pointers: a wrong array would crash Python
-        if K % t.block or not all(a.dtype == d and a.shape == s and
+        if not K or K % t.block or not all(a.dtype == d and a.shape == s and
                                   a.flags.c_contiguous for a, d, s in want):
             raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
                              f"shape or layout for N={N}, K={K}")
@@ -400,20 +394,21 @@ def block_code() -> dict:
 
 # --8<-- [start:q8-k-rounding-ir]
 def q8_k_ir(module):
-    """void minigpt_q8_k(x, xq, xd, G, top, half): q8_k's rounding of G groups
-    of 256 float32, top = 127.0 and half = 0.5 (float constants would sit in a
-    data section) -> xq: G*256 int8, xd: G float32"""
-    f32, i8, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(64)
-    vf, vi, vb = (ir.VectorType(t, 256) for t in (f32, ir.IntType(16), i8))
+    """void minigpt_q8_k(x, xq, xd, xs, G, top, half): q8_k of G groups of 256
+    float32, top = 127.0 and half = 0.5 (float constants would sit in a data
+    section) -> xq: G*256 int8, xd: G float32, xs: G*16 int16"""
+    f32, i8, i16, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(64)
+    vf, vi, vb = (ir.VectorType(t, 256) for t in (f32, i16, i8))
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i64, f32, f32]),
-        "minigpt_q8_k")
-    x, xq, xd, G, top, half = fn.args
+        f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i16.as_pointer(), i64,
+        f32, f32]), "minigpt_q8_k")
+    x, xq, xd, xs, G, top, half = fn.args
     b = ir.IRBuilder(fn.append_basic_block())
     call = {n.split(".")[-2]: functools.partial(b.call, declare(
         module, f"llvm.{n}", r, a)) for n, r, a in (
         ("vector.reduce.fmax.v256f32", f32, [vf]), ("maxnum.f32", f32, [f32] * 2),
-        ("vector.reduce.fmin.v256f32", f32, [vf]), ("trunc.v256f32", vf, [vf]))}
+        ("vector.reduce.fmin.v256f32", f32, [vf]), ("trunc.v256f32", vf, [vf]),
+        ("vector.reduce.add.v16i16", i16, [ir.VectorType(i16, 16)]))}
     with counted(b, G) as g:
         at = b.mul(g, i64(256))
         v = b.load(b.bitcast(b.gep(x, [at]), vf.as_pointer()), align=4)
@@ -431,6 +426,10 @@ def q8_k_ir(module):
         q = b.sub(b.add(b.fptosi(whole, vi), up), down)
         b.store(b.trunc(q, vb), b.bitcast(b.gep(xq, [at]), vb.as_pointer()), align=1)
         b.store(d, b.gep(xd, [g]))
+    with counted(b, b.mul(G, i64(16))) as t:  # then the sums of each 16
+        part = b.load(b.bitcast(b.gep(xq, [b.mul(t, i64(16))]), ir.VectorType(
+            i8, 16).as_pointer()), align=1)
+        b.store(call["add"]([b.sext(part, ir.VectorType(i16, 16))]), b.gep(xs, [t]))
     b.ret_void()
     return fn
 
@@ -450,8 +449,9 @@ class Rounding:
                              f"of a multiple of 256 numbers, got {x.dtype} {x.shape}")
         xq = np.empty(x.shape, np.int8)
         xd = np.empty((len(x), x.shape[1] // 256), np.float32)
-        self.fn(x.ctypes.data, xq.ctypes.data, xd.ctypes.data, xd.size, 127.0, 0.5)
-        return xq, xd, xq.reshape(len(x), -1, 16).sum(axis=2, dtype=np.int16)
+        xs = np.empty((len(x), x.shape[1] // 16), np.int16)
+        self.fn(*(a.ctypes.data for a in (x, xq, xd, xs)), xd.size, 127.0, 0.5)
+        return xq, xd, xs
 
 
 @functools.cache
@@ -467,7 +467,7 @@ def q8_k_code():
     except (OSError, ValueError, RuntimeError):
         return None  # q8_k, in NumPy, rounds the same
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    return Rounding(memory, ctypes.CFUNCTYPE(None, p, p, p, i, f, f)(
+    return Rounding(memory, ctypes.CFUNCTYPE(None, p, p, p, p, i, f, f)(
         base + starts[name]))
 ROUNDERS["Q8_K"] = q8_k_code
 # --8<-- [end:q8-k-rounding-ir]
@@ -517,7 +517,7 @@ def q5_k_block(builder, b, x, xd, xs, k):
         term = madd_bytes(builder, builder.or_(q, top), x, 32 * j,
                           picked(builder, sc, k[f"pick {j}"]))
         dot = term if dot is None else builder.add(dot, term)
-    return k_terms(builder, b, xd, xs, dot, m)  # as Q4_K's
+    return k_terms(builder, b, xd, xs, dot, m, k)  # as Q4_K's
 
 
 BLOCKS["Q5_K"] = q5_k_block
