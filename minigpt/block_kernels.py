@@ -518,9 +518,13 @@ def q5_k_block(builder, b, x, xd, xs, k):
     for j in range(8):
         q = vector_at(builder, b, 48 + 32 * (j // 2), 32, 8)
         q = byte_shift(builder, q, 4 * (j % 2), k, "15")
-        top = byte_shift(builder, fifth, j, k, "bit")  # 0 or 1 in each byte
-        top = builder.bitcast(builder.shl(builder.bitcast(top, k["1"].type),
-                                          k["1"].type([4] * 16)), top.type)
+        # bit j of each byte moved to bit 4 and kept: a shift of 16-bit lanes
+        # by at most 4 brings no bit of the neighbouring byte to bit 4
+        v16 = builder.bitcast(fifth, k["1"].type)
+        v16 = builder.shl(v16, v16.type([4 - j] * 16)) if j < 4 else \
+            builder.lshr(v16, v16.type([j - 4] * 16))
+        top = builder.and_(builder.bitcast(v16, q.type), builder.bitcast(
+            builder.shl(k["bit"], k["1"].type([4] * 16)), q.type))  # 16 a byte
         term = madd_bytes(builder, builder.or_(q, top), x, 32 * j,
                           picked(builder, sc, k[f"pick {j}"]))
         dot = term if dot is None else builder.add(dot, term)
