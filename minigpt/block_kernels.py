@@ -492,10 +492,13 @@ def q6_k_block(builder, b, x, xd, xs, k):
         h, s = g // 4, g % 4
         nib = byte_shift(builder, vector_at(builder, b, 64 * h + 32 * (s % 2), 32, 8),
                          4 * (s // 2), k, "15")  # the low 4 bits
-        top = byte_shift(builder, vector_at(builder, b, 128 + 32 * h, 32, 8),
-                         2 * s, k, "3")  # the high 2 bits, at bits 2s and 2s+1
-        top = builder.bitcast(builder.shl(builder.bitcast(top, v16i16),
-                                          v16i16([4] * 16)), top.type)
+        # the high 2 bits, at bits 2s and 2s+1, moved to bits 4 and 5 by one shift
+        # (by at most 4: no bit of the neighbouring byte reaches them) and kept
+        top = builder.bitcast(vector_at(builder, b, 128 + 32 * h, 32, 8), v16i16)
+        top = builder.shl(top, v16i16([4 - 2 * s] * 16)) if s < 3 else \
+            builder.lshr(top, v16i16([2] * 16))
+        top = builder.and_(builder.bitcast(top, nib.type), builder.bitcast(
+            builder.shl(k["3"], v16i16([4] * 16)), nib.type))  # 0x30 a byte
         # sub-block 2g's scale in the low 16 bytes, 2g + 1's in the high 16
         scales = picked(builder, builder.shuffle_vector(sc, sc, twice[h]),
                         k[f"pick6 {s}"])
