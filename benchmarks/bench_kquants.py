@@ -1,4 +1,4 @@
-"""What each GGUF block format costs in accuracy (chapter 33): perplexity.
+"""What each GGUF block format costs in accuracy (chapter 34): perplexity.
 
 python -m benchmarks kquants [--quick]. Writes benchmarks/results/kquants.json:
 for the two demo models (GPT-2 and LLaMA architecture, both trained on Tiny

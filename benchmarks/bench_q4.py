@@ -1,4 +1,4 @@
-"""A decode step of a Q4_K_M GGUF model, packed, against Q8_0 and float32 (chapter 35).
+"""A decode step of a Q4_K_M GGUF model, packed, against Q8_0 and float32 (chapter 36).
 
 python -m benchmarks q4 [--quick]. A model of GPT-2 124M's shape with random weights
 is written as a GGUF file in the mix llama.cpp's Q4_K_M gives GPT-2 (llama.cpp's
@@ -8,7 +8,7 @@ first and last eighth, and every third between) and Q4_K in the others; attn_out
 and ffn_up in Q4_K; position embeddings, norms and biases F32. The blocks are random
 bytes with small float16 scales, so that building the file takes seconds (the values
 do not change the time). Three models are read from it: `load_gguf_blocks` (the
-4-bit matrices packed, chapter 35's kernels), `load_gguf` (every tensor decoded to
+4-bit matrices packed, chapter 36's kernels), `load_gguf` (every tensor decoded to
 float32) and that float32 model through `quantize_model(..., "q8_0")` (chapter 30's
 kernels). One decode step is `forward_cached` of one token after an 80-token prompt,
 repeated at the same position; the variants take turns in every round, at one and at

@@ -13,7 +13,7 @@ before each condition is recorded with it.
 The third variant is chapter 23's `minigpt.threads.threaded_model`, whose
 products are split by rows over two plain Python threads, each calling BLAS held
 to one thread. Then what the command line runs, `minigpt.kernels.kernel_model`
-(our machine code for one token, chapter 36) at one and two of our threads, and
+(our machine code for one token, chapter 37) at one and two of our threads, and
 the same for Q8_0 (`--quantize q8_0`). The command line's default (`--threads`,
 minigpt/__main__.py DEFAULT_THREADS) is chosen from these figures; chapters 21 and
 23 show them. Writes benchmarks/results/threads.json and the chart

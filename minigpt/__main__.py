@@ -41,7 +41,7 @@ HELP = argparse.ArgumentDefaultsHelpFormatter
 MODEL_FORMS = ("a checkpoint folder: config.json with model.safetensors (or the "
                "shards model.safetensors.index.json lists), and tokenizer.json or "
                "vocab.json + merges.txt (or encoder.json + vocab.bpe); a folder "
-               "written by `quantize` too; or a .gguf file (chapter 32)")
+               "written by `quantize` too; or a .gguf file (chapter 33)")
 
 
 # --8<-- [start:cli-checks]

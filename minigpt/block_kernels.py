@@ -3,13 +3,16 @@
 A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q5_K, Q6_K, Q5_0 or Q4_0 as its bytes,
 one row of blocks per output (a view of the mapped file), and stands in for the
 float32 array as chapter 29's `QuantMatrix` does. A token, or a few (up to
-`kernels.FEW` rows of `x`), runs machine code of our own, token by token: the
-activations are rounded to Q8_0 as chapter 30 rounds them, each block's small
-integers are unpacked from their nibbles (and high bits) in registers and summed
-against them in integers, then scaled by the block's scales and the activations'
-ones; a token so reads about 4.5 bits a weight. A longer prompt decodes a tile
+`kernels.FEW` rows of `x`), runs machine code of our own, token by token. For
+the K formats the token is rounded to Q8_K (int8, one float32 scale per 256, and
+the sums of each 16: `q8_k`, and `q8_k_code` in machine code), so a super-block's
+small integers, unpacked from their nibbles (and high bits) in registers, are
+summed against it in integers, each sub-block times its own scale (vpmaddubsw,
+then vpmaddwd), and meet a float only once per 256 weights. Q4_0 and Q5_0 use
+chapter 30's Q8_0 token, a scale per 32. A token so reads about 4.5 bits a
+weight of Q4_K. A longer prompt decodes a tile
 of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
-with these matrices packed and every other tensor as float32, as chapter 32's
+with these matrices packed and every other tensor as float32, as chapter 33's
 `load_gguf` does, through `load_gguf_q8_0`'s tables of names; `load_model` reads a
 .gguf file with it.
 
@@ -100,7 +103,7 @@ class BlockMatrix:
 
 
 def decoded(kind: str, raw: np.ndarray) -> np.ndarray:
-    """Rows of blocks -> float32 rows, by chapter 33's decoders. (..., B) -> (..., K)"""
+    """Rows of blocks -> float32 rows, by chapter 34's decoders. (..., B) -> (..., K)"""
     t = GGML_TYPES[KINDS[kind]]
     values = t.decode(np.asarray(raw).reshape(-1, t.size))  # [blocks, block]
     return values.reshape(*raw.shape[:-1], raw.shape[-1] // t.size * t.block)

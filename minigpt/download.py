@@ -80,7 +80,7 @@ MODELS = {  # what `download NAME` accepts
                                       JSON_FILES),
     "qwen2.5-0.5b-instruct": HubModel("Qwen/Qwen2.5-0.5B-Instruct", JSON_FILES),
     "qwen3-0.6b": HubModel("Qwen/Qwen3-0.6B", JSON_FILES),
-    # GGUF files (chapter 32), from their publishers' own repositories
+    # GGUF files (chapter 33), from their publishers' own repositories
     "qwen2.5-0.5b-instruct-q4_k_m": HubModel(
         "Qwen/Qwen2.5-0.5B-Instruct-GGUF", (), (),
         "qwen2.5-0.5b-instruct-q4_k_m.gguf"),

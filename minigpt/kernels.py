@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from minigpt.machine_code import machine_code
+from minigpt.machine_crew import run_rows
 from minigpt.quantize import dequantize, quantize_groups
 from minigpt.threads import (
     RowMatrix,
@@ -49,7 +50,7 @@ def reference_matmul(x: np.ndarray, w) -> np.ndarray:
 
 # --8<-- [start:quantized-matmul]
 # token rows up to which our machine code beats BLAS (measured): one token while
-# decoding, or one from each of a few sequences (chapter 36's batches)
+# decoding, or one from each of a few sequences (chapter 37's batches)
 FEW = 16
 
 
@@ -61,7 +62,7 @@ def quantized_matmul(x: np.ndarray, w) -> np.ndarray:
     code = machine_code()
     out = np.empty((len(x2), w.q.shape[0]), np.float32)  # [T, N]
     if len(x2) <= FEW and w.scheme in code and x2.shape[1] % 32 == 0:
-        split_rows(few_tokens(x2, w, code, out), w.q.shape[0])
+        few_tokens(x2, w, code, out)
     else:
         split_rows(tiles(x2, w, out), w.q.shape[0])
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
@@ -78,15 +79,15 @@ def rounded(x: np.ndarray, code: dict) -> tuple[np.ndarray, np.ndarray]:
     return xq, xd
 
 
-def few_tokens(x: np.ndarray, w, code: dict, out: np.ndarray) -> Callable:
-    """work(a, b): rows a:b of x @ w by our machine code, which reads each row of
-    w once for every token. x: (T, K) -> out: (T, N)"""
+def few_tokens(x: np.ndarray, w, code: dict, out: np.ndarray) -> None:
+    """x @ w by our machine code, which reads each row of w once for every token,
+    on the machine-code crew. x: (T, K) -> out: (T, N)"""
     q = np.asarray(w.q)  # a memory map is an ndarray subclass: the plain view
     xq, xd = rounded(x, code) if w.scheme == "q8_0" else (x, None)
 
-    def work(a: int, b: int) -> None:  # a call releases the GIL
+    def work(a: int, b: int) -> None:  # rows a:b, where there is no crew
         code[w.scheme](xq, xd, q[a:b], w.d[a:b], out[:, a:b])
-    return work
+    run_rows(code[w.scheme], xq, xd, q, w.d, out, work)
 
 
 TILE = 256  # rows dequantised at a time: 256 x 768 float32 is 768 KB, near cache
@@ -108,7 +109,7 @@ def tiles(x: np.ndarray, w, out: np.ndarray) -> Callable:
 
 # --8<-- [start:float-matmul]
 # token rows up to which our float32 code beat BLAS on one thread (measured in
-# chapter 36): past it, a prompt's matrix-matrix product is BLAS's to do
+# chapter 37): past it, a prompt's matrix-matrix product is BLAS's to do
 FLOAT_FEW = 128
 
 
@@ -130,9 +131,9 @@ def float_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
     x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
     out = np.empty((len(x2), N), np.float32)  # [T, N]
 
-    def work(a: int, b: int) -> None:  # a call releases the GIL
+    def work(a: int, b: int) -> None:  # rows a:b, where there is no crew
         code["f32"](x2, None, w.rows[a:b], None, out[:, a:b])
-    split_rows(work, N)
+    run_rows(code["f32"], x2, None, w.rows, None, out, work)
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 
 

@@ -136,7 +136,7 @@ def rope_factor(path: str | Path, raw: dict) -> float:
     for key in ("rope_parameters", "rope_scaling"):  # new name first, as transformers
         scaling = raw.get(key) or {}
         kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind in ("default", "llama3"):  # Llama 3's: rope_divisors (chapter 34)
+        if kind in ("default", "llama3"):  # Llama 3's: rope_divisors (chapter 35)
             continue
         if kind != "linear":
             raise WeightsError(f"{path}: {key} asks for rope_type {kind!r}; minigpt "

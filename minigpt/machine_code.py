@@ -506,11 +506,25 @@ class MachineKernel:
     fn: Callable  # void (x, xd, q, d, out, N, K, T, S); a call releases the GIL
     scheme: str
 
+    @property
+    def address(self) -> int:
+        """Where the function starts, for code that calls it itself."""
+        return ctypes.cast(self.fn, ctypes.c_void_p).value
+
     def __call__(self, x: np.ndarray, xd: np.ndarray | None, q: np.ndarray,
                  d: np.ndarray | None, out: np.ndarray) -> None:
         """q8_0: x (T, K) int16, xd (T, K/32), q (N, K) int8, d (N, K/32) float32;
         int8: x float32, xd None, d (N, 1); f32: x, q float32, xd, d None.
         -> out: (T, N) float32, whose rows may lie apart (some columns of a matrix)"""
+        S = self.check(x, xd, q, d, out)
+        (T, K), N = x.shape, q.shape[0]
+        self.fn(x.ctypes.data, None if xd is None else xd.ctypes.data, q.ctypes.data,
+                None if d is None else d.ctypes.data, out.ctypes.data, N, K, T, S)
+
+    def check(self, x: np.ndarray, xd: np.ndarray | None, q: np.ndarray,
+              d: np.ndarray | None, out: np.ndarray) -> int:
+        """An error unless the arrays are what the code reads (it trusts its
+        pointers: a wrong array would crash Python). -> out's row stride S"""
         (T, K), N = x.shape, q.shape[0]
         xt, qt, G = {"q8_0": (np.int16, np.int8, K // 32), "int8": (
             np.float32, np.int8, 1), "f32": (np.float32, np.float32, 0)}[self.scheme]
@@ -518,15 +532,13 @@ class MachineKernel:
             [(d, np.float32, (N, G))] if G else []) + (
             [(xd, np.float32, (T, G))] if self.scheme == "q8_0" else [])
         S = out.strides[0] // 4 if T > 1 else N  # floats from one out row to the next
-        # the machine code trusts its pointers: a wrong array would crash Python
         if K % 32 or len(want) != 2 + sum(a is not None for a in (xd, d)) or not all(
                 a is not None and a.dtype == t and a.shape == s and a.flags.c_contiguous
                 for a, t, s in want) or out.dtype != np.float32 or out.shape != (
                 T, N) or out.strides[1] != 4 or S < N or out.strides[0] % 4:
             raise ValueError(f"{self.scheme} machine code: arrays of the wrong "
                              f"dtype, shape or layout for T={T}, N={N}, K={K}")
-        self.fn(x.ctypes.data, None if xd is None else xd.ctypes.data, q.ctypes.data,
-                None if d is None else d.ctypes.data, out.ctypes.data, N, K, T, S)
+        return S
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def registered(model_type: str) -> Loader:
 def load_model(path: str | Path) -> LanguageModel:
     """Any supported model from a folder holding config.json and model.safetensors."""
     folder = Path(path)
-    if is_gguf(folder):  # or one .gguf file that holds it all (chapter 32)
+    if is_gguf(folder):  # or one .gguf file that holds it all (chapter 33)
         return gguf_loader().model(folder)
     # the weights are one file, or shards listed in an index (chapter 26)
     weights = ("model.safetensors", "model.safetensors.index.json")
@@ -131,19 +131,19 @@ def saved_scheme(path: str | Path) -> str | None:
 
 
 # --8<-- [start:gguf-and-family-loaders]
-# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 34)
+# Qwen2 and Qwen3 are LLaMA-style models with a few additions (chapter 35)
 for _family in ("qwen2", "qwen3"):
     register(_family, LOADERS["llama"])
 
 
 def is_gguf(path: Path) -> bool:
-    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 32)."""
+    """A .gguf file: llama.cpp's format, model and tokenizer in one (chapter 33)."""
     return path.suffix == ".gguf" and path.is_file()
 
 
 def gguf_loader() -> Loader:
     """The loaders of a .gguf file, imported only when one is opened: chapter
-    32's tables of names, 4-bit and Q8_0 matrices kept as stored (chapter 35)."""
+    33's tables of names, 4-bit and Q8_0 matrices kept as stored (chapter 36)."""
     from minigpt.block_kernels import load_gguf_blocks
     from minigpt.gguf_tokenizer import load_gguf_tokenizer
 

@@ -1,0 +1,121 @@
+"""The machine-code crew: a product shared over helpers equals it on one thread.
+
+Each row of a product is computed by the same kernel from the same numbers
+whichever thread runs it, so the expected value is the kernel's own output on one
+thread, compared bit for bit; the kernels themselves are checked against NumPy in
+tests/test_machine_code.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minigpt.machine_crew as mcrew
+from minigpt.machine_code import machine_code
+from minigpt.machine_crew import MachineCrew, crew_code, run_rows
+from minigpt.quantize import quantize_matrix
+from minigpt.threads import set_kernel_threads
+
+CODE = machine_code()
+pytestmark = pytest.mark.skipif(not crew_code(), reason="no machine code here")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_after():
+    yield
+    set_kernel_threads(1)
+
+
+def operands(scheme: str, n: int, k: int, tokens: int, seed: int = 0):
+    """(kernel, x, xd, q, d) for a product of `tokens` rows by an n x k weight."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    if scheme == "f32":
+        return CODE["f32"], x, None, w, None
+    m = quantize_matrix(w, scheme)
+    if scheme == "q8_0":
+        xq, xd = CODE["q8_0 rounding"](x)
+        return CODE["q8_0"], xq, xd, np.asarray(m.q), m.d
+    return CODE["int8"], x, None, np.asarray(m.q), m.d
+
+
+def alone_and_shared(kernel, x, xd, q, d) -> tuple[np.ndarray, np.ndarray]:
+    alone = np.empty((len(x), len(q)), np.float32)
+    kernel(x, xd, q, d, alone)
+    shared = np.full_like(alone, np.nan)
+
+    def never(a: int, b: int) -> None:
+        raise AssertionError("the machine-code crew should have run this")
+    run_rows(kernel, x, xd, q, d, shared, never)
+    return alone, shared
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("tokens", [1, 3, 16])
+@pytest.mark.parametrize("scheme", ["q8_0", "int8", "f32"])
+def test_a_shared_product_equals_one_thread(scheme, tokens, threads):
+    set_kernel_threads(threads)
+    alone, shared = alone_and_shared(*operands(scheme, 2304, 768, tokens))
+    np.testing.assert_array_equal(shared, alone)
+
+
+def test_thousands_of_products_in_a_row():
+    set_kernel_threads(2)
+    products = [operands("q8_0", n, k, 1, seed) for seed, (n, k) in
+                enumerate([(768, 768), (3072, 768), (768, 3072)])]
+    for i in range(3000):
+        alone, shared = alone_and_shared(*products[i % 3])
+        assert np.array_equal(shared, alone), i
+
+
+def test_helpers_that_sleep_after_every_product(monkeypatch):
+    """With a wait of one pause, every helper returns to Python and sleeps between
+    products, so each product wakes it: it arrives late, or not at all."""
+    crew = MachineCrew(3)
+    crew.code = dict(crew.code, rounds=1)
+    monkeypatch.setattr(mcrew, "machine_crew", lambda n: crew)
+    set_kernel_threads(3)
+    product = operands("f32", 1000, 256, 2)
+    for i in range(500):
+        alone, shared = alone_and_shared(*product)
+        assert np.array_equal(shared, alone), i
+
+
+def test_arrays_the_kernel_cannot_read_are_refused():
+    set_kernel_threads(2)
+    kernel, x, xd, q, d = operands("q8_0", 512, 256, 1)
+    out = np.empty((1, 512), np.float32)
+    with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
+        run_rows(kernel, x.astype(np.int32), xd, q, d, out, lambda a, b: None)
+    with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
+        run_rows(kernel, x, xd, q, d, np.empty((1, 511), np.float32), lambda a, b: None)
+
+
+def test_without_machine_code_the_python_crew_runs(monkeypatch):
+    set_kernel_threads(2)
+    monkeypatch.setattr(mcrew, "crew_code", lambda: {})
+    kernel, x, xd, q, d = operands("int8", 700, 256, 1)
+    alone = np.empty((1, 700), np.float32)
+    kernel(x, xd, q, d, alone)
+    shared, ran = np.full_like(alone, np.nan), []
+
+    def fallback(a: int, b: int) -> None:
+        ran.append((a, b))
+        kernel(x, xd, q[a:b], d[a:b], shared[:, a:b])
+    run_rows(kernel, x, xd, q, d, shared, fallback)
+    np.testing.assert_array_equal(shared, alone)
+    assert len(ran) > 1  # shared out over chapter 23's threads
+
+
+def test_an_idle_helper_sleeps_and_the_next_product_wakes_it():
+    import time
+
+    set_kernel_threads(2)
+    product = operands("f32", 2000, 256, 1)
+    alone_and_shared(*product)
+    time.sleep(0.05)  # far longer than SPIN
+    assert mcrew.machine_crew(2).asleep[0].is_set()
+    alone, shared = alone_and_shared(*product)
+    np.testing.assert_array_equal(shared, alone)
