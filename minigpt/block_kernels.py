@@ -406,11 +406,12 @@ def block_code() -> dict:
 def q8_k_ir(module):
     """void minigpt_q8_k(x, xq, xd, xs, G, top, half): q8_k of G groups of 256
     float32, top = 127.0 and half = 0.5 (float constants would sit in a data
-    section) -> xq: G*256 int8, xd: G float32, xs: G*16 int16"""
-    f32, i8, i16, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(64)
-    vf, vi, vb = (ir.VectorType(t, 256) for t in (f32, i16, i8))
+    section) -> xq: G*256 int16 (int8 would need a mask from a data section),
+    xd: G float32, xs: G*16 int16"""
+    f32, i16, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(64)
+    vf, vi = ir.VectorType(f32, 256), ir.VectorType(i16, 256)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i16.as_pointer(), i64,
+        f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i16.as_pointer(), i64,
         f32, f32]), "minigpt_q8_k")
     x, xq, xd, xs, G, top, half = fn.args
     b = ir.IRBuilder(fn.append_basic_block())
@@ -430,16 +431,17 @@ def q8_k_ir(module):
         scaled = b.fmul(v, splat(b, inverse, 256))
         whole = call["trunc"]([scaled])  # then a step away from zero
         rest = b.fsub(scaled, whole)  # where what is left is at least a half
-        up = b.zext(b.fcmp_ordered(">=", rest, splat(b, half, 256)), vi)
-        down = b.zext(b.fcmp_ordered("<=", rest, splat(
+        # the masks as -1 where true (sext): a 1 would be a constant in memory
+        up = b.sext(b.fcmp_ordered(">=", rest, splat(b, half, 256)), vi)
+        down = b.sext(b.fcmp_ordered("<=", rest, splat(
             b, b.fsub(f32(0.0), half), 256)), vi)
-        q = b.sub(b.add(b.fptosi(whole, vi), up), down)
-        b.store(b.trunc(q, vb), b.bitcast(b.gep(xq, [at]), vb.as_pointer()), align=1)
+        q = b.sub(b.add(b.fptosi(whole, vi), down), up)
+        b.store(q, b.bitcast(b.gep(xq, [at]), vi.as_pointer()), align=2)
         b.store(d, b.gep(xd, [g]))
     with counted(b, b.mul(G, i64(16))) as t:  # then the sums of each 16
         part = b.load(b.bitcast(b.gep(xq, [b.mul(t, i64(16))]), ir.VectorType(
-            i8, 16).as_pointer()), align=1)
-        b.store(call["add"]([b.sext(part, ir.VectorType(i16, 16))]), b.gep(xs, [t]))
+            i16, 16).as_pointer()), align=2)
+        b.store(call["add"]([part]), b.gep(xs, [t]))
     b.ret_void()
     return fn
 
@@ -457,11 +459,11 @@ class Rounding:
                 not x.flags.c_contiguous:
             raise ValueError(f"Q8_K rounding: x must be contiguous float32 rows "
                              f"of a multiple of 256 numbers, got {x.dtype} {x.shape}")
-        xq = np.empty(x.shape, np.int8)
+        xq = np.empty(x.shape, np.int16)
         xd = np.empty((len(x), x.shape[1] // 256), np.float32)
         xs = np.empty((len(x), x.shape[1] // 16), np.int16)
         self.fn(*(address(a) for a in (x, xq, xd, xs)), xd.size, 127.0, 0.5)
-        return xq, xd, xs
+        return xq.astype(np.int8), xd, xs
 
 
 @functools.cache
@@ -542,10 +544,17 @@ BLOCKS["Q5_K"] = q5_k_block
 
 
 # --8<-- [start:q5-0-q4-0-block]
-def wide(builder, base, offset: int):
-    """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
-    return builder.zext(vector_at(builder, base, offset, 16, 8),
-                        ir.VectorType(ir.IntType(16), 16))
+def nibbles(builder, base, offset: int, k, high: bool):
+    """The low (or high) nibbles of 16 bytes at `offset`, in 16 int16 lanes. The
+    high ones are shifted in 8 int16 lanes and masked by k["15"], from memory: a
+    shift of bytes would need a mask that LLVM keeps in a data section."""
+    v, v8 = vector_at(builder, base, offset, 16, 8), ir.VectorType(ir.IntType(16), 8)
+    if high:
+        v = builder.bitcast(builder.lshr(builder.bitcast(v, v8), v8([4] * 8)), v.type)
+    mask = builder.shuffle_vector(builder.bitcast(k["15"], ir.VectorType(
+        v.type.element, 32)), ir.Constant(ir.VectorType(v.type.element, 32), None),
+        ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16))))
+    return builder.zext(builder.and_(v, mask), ir.VectorType(ir.IntType(16), 16))
 
 
 def madd(builder, q, x, value: int):
@@ -570,9 +579,7 @@ def q5_0_block(builder, b, x, xd, xs, k):
     bits = builder.extract_element(bits, ir.IntType(32)(0))  # bit j: value j
     i16, dot = ir.IntType(16), None
     for e in (0, 16):
-        nib = wide(builder, b, 6)  # value j < 16: low nibble of byte j, else high
-        nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type([4] * 16))
+        nib = nibbles(builder, b, 6, k, e == 16)  # value j < 16: byte j's low nibble
         these = builder.trunc(builder.lshr(bits, bits.type(e)), i16)
         # lane j of `lanes` holds 1 << j: set where value j's fifth bit is
         on = builder.icmp_unsigned("!=", builder.and_(splat(builder, these, 16),
@@ -588,9 +595,7 @@ def q4_0_block(builder, b, x, xd, xs, k):
     the -8 as -8 * sum(x)."""
     d, dot = half_at(builder, b, 0), None
     for e in (0, 16):
-        nib = wide(builder, b, 2)
-        nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type([4] * 16))
+        nib = nibbles(builder, b, 2, k, e == 16)
         term = madd(builder, nib, x, e)
         dot = term if dot is None else builder.add(dot, term)
     return [(minus_sum(builder, dot, xs, 3), builder.fmul(d, builder.load(xd)))]

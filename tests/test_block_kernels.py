@@ -321,3 +321,32 @@ def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
     ids = np.arange(1, 40)
     want = floats.forward(ids)  # q and k rows reordered there after decoding
     assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "znver1", "skylake-avx512"])
+def test_the_kernels_compile_without_a_data_section_for_avx2_and_avx512(cpu):
+    """A constant that LLVM keeps beside the code (a mask, say) makes elf_text
+    refuse the whole module, and every format falls back to the tiles: check
+    the IR for processors with AVX2 only, not just for this machine's."""
+    llvm = pytest.importorskip("llvmlite.binding")
+    import platform
+
+    from minigpt import block_kernels as bk
+    from minigpt.machine_code import elf_text, ir
+
+    if platform.machine() != "x86_64" or ir is None:
+        pytest.skip("x86-64 code only")
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    module = ir.Module("check")
+    names = [bk.block_rows_ir(module, kind).name for kind in bk.BLOCKS]
+    names.append(bk.q8_k_ir(module).name)
+    parsed = llvm.parse_assembly(str(module))
+    parsed.triple, parsed.data_layout = machine.triple, str(machine.target_data)
+    passes = llvm.create_pass_builder(
+        machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(parsed, passes)
+    code, starts = elf_text(machine.emit_object(parsed), names)  # raises if refused
+    assert sorted(starts) == sorted(names) and code
