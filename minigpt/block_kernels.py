@@ -243,8 +243,8 @@ def k_scales_ir(builder, b):
 
 
 def k_terms(builder, b, xd, xs, dot, m, k):
-    """A Q4_K or Q5_K super-block's [(integer dot, d * xd), (integer sum of
-    m_j times the token's sum over sub-block j, -dmin * xd)]."""
+    """A Q4_K or Q5_K super-block's [(integer dot, d * xd), (minus the integer
+    sum of m_j times the token's sum over sub-block j, dmin * xd)]."""
     sums = madd_words(builder, vector_at(builder, xs, 0, 16, 16), k["1"])  # per 32
     d, dmin, x = half_at(builder, b, 0), half_at(builder, b, 2), builder.load(xd)
     # minus in integers: a float negation would need a constant (a sign mask)
