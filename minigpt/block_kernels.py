@@ -3,11 +3,14 @@
 A `BlockMatrix` keeps a GGUF tensor of Q4_K, Q5_K, Q6_K, Q5_0 or Q4_0 as its bytes,
 one row of blocks per output (a view of the mapped file), and stands in for the
 float32 array as chapter 29's `QuantMatrix` does. A token, or a few (up to
-`kernels.FEW` rows of `x`), runs machine code of our own, token by token: the
-activations are rounded to Q8_0 as chapter 30 rounds them, each block's small
-integers are unpacked from their nibbles (and high bits) in registers and summed
-against them in integers, then scaled by the block's scales and the activations'
-ones; a token so reads about 4.5 bits a weight. A longer prompt decodes a tile
+`kernels.FEW` rows of `x`), runs machine code of our own, token by token. For
+the K formats the token is rounded to Q8_K (int8, one float32 scale per 256, and
+the sums of each 16: `q8_k`, and `q8_k_code` in machine code), so a super-block's
+small integers, unpacked from their nibbles (and high bits) in registers, are
+summed against it in integers, each sub-block times its own scale (vpmaddubsw,
+then vpmaddwd), and meet a float only once per 256 weights. Q4_0 and Q5_0 use
+chapter 30's Q8_0 token, a scale per 32. A token so reads about 4.5 bits a
+weight of Q4_K. A longer prompt decodes a tile
 of rows at a time into float32 for BLAS. `load_gguf_blocks` reads a GGUF model
 with these matrices packed and every other tensor as float32, as chapter 33's
 `load_gguf` does, through `load_gguf_q8_0`'s tables of names; `load_model` reads a
@@ -50,11 +53,13 @@ from minigpt.machine_code import (
     splat,
     this_processor,
 )
+from minigpt.quantize import quantize_groups
 from minigpt.rope import interleaved_to_half
 from minigpt.threads import blas, split_rows, token_rows
 
 __all__ = ["BLOCKS", "KINDS", "BlockMatrix", "activations", "block_code",
-           "block_matmul", "block_matrix", "load_gguf_blocks"]
+           "block_matmul", "block_matrix", "load_gguf_blocks", "q8_k",
+           "q8_k_code"]
 
 
 # --8<-- [start:block-matrix]
@@ -122,26 +127,29 @@ def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
 def few_tokens(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
     """work(a, b): rows a:b of x @ w by our machine code, token after token: a
     thread's rows stay in its cache for the next. x: (T, K) -> out: (T, N)"""
-    xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
+    xq, xd, xs = activations(w.kind, x)
     raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
-    works = [kernel(raw, *activations(w.kind, xq[t], xd[t]), out[t])
-             for t in range(len(x))]
+    works = [kernel(raw, xq[t], xd[t], xs[t], out[t]) for t in range(len(x))]
     return lambda a, b: [work(a, b) for work in works]
 
 
-ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])  # sub-blocks as Q6_K's kernel sums them
+ROUNDERS: dict = {}  # "Q8_K" -> a function giving machine code for q8_k, or None
 
 
-def activations(kind: str, xq: np.ndarray, xd: np.ndarray) -> tuple:
-    """A token in Q8_0 as `kind`'s kernel reads it: its numbers (int16, or int8
-    for the K formats), and per group of 32 (of 16 for Q6_K, in ORDER) the
-    scale and xd * the group's sum (Q6_K: the plain sum). xq: (K,), xd: (K/32,)"""
-    if kind == "Q6_K":
-        sums = xq.reshape(-1, 16).sum(axis=1, dtype=np.int32)  # [K / 16]
-        at = (np.arange(len(sums) // 8)[:, None] * 8 + ORDER).ravel()
-        return xq.astype(np.int8), np.repeat(xd, 2)[at], sums[at]
-    sums = xd * xq.reshape(-1, 32).sum(axis=1).astype(np.float32)
-    return xq.astype(np.int8 if kind.endswith("K") else np.int16), xd, sums
+def q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x in int8 with a float32 scale per 256 (max |x| / 127), and the sums of
+    each 16 int8. x: (T, K) -> (T, K) int8, (T, K/256) float32, (T, K/16) int16"""
+    xq, xd = quantize_groups(x, 256, np.float32)
+    return xq, xd, xq.reshape(len(x), -1, 16).sum(axis=2, dtype=np.int16)
+
+
+def activations(kind: str, x: np.ndarray) -> tuple:
+    """Tokens as `kind`'s kernel reads them: numbers, a scale per block, and
+    sums of each 16 (K formats) or 32 numbers. x: (T, K) -> 3 arrays of T rows"""
+    if kind.endswith("K"):  # by machine code where exercise 5 built some
+        return (ROUNDERS.get("Q8_K", lambda: None)() or q8_k)(x)
+    xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
+    return xq.astype(np.int16), xd, xq.reshape(len(x), -1, 32).sum(2, dtype=np.int16)
 
 
 def tiles(x: np.ndarray, w: BlockMatrix, out: np.ndarray):
@@ -170,17 +178,30 @@ def half_at(builder, base, offset: int):
     return builder.fpext(h, ir.FloatType())
 
 
-def madd_bytes(builder, q, x, value: int, k):
+def madd_bytes(builder, q, x, value: int, scales):
     """8 int32, each the sum of 4 products of q (32 bytes, 0..63) and
-    x[value:value + 32] (int8): x86's vpmaddubsw, then vpmaddwd with ones."""
+    x[value:value + 32] (int8), times `scales` (16 int16): x86's vpmaddubsw
+    adds products in pairs, vpmaddwd multiplies the pairs and adds again."""
     v32, v16 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16)
     fn = declare(builder.module, "llvm.x86.avx2.pmadd.ub.sw", v16, [v32, v32])
-    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
-                                      v32.as_pointer()), align=1)
-    pairs = builder.call(fn, [q, xv])  # 16 int16: at most 2 * 63 * 127, exact
-    wd = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
-                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
-    return builder.call(wd, [pairs, k["1"]])
+    pairs = builder.call(fn, [q, vector_at(builder, x, value, 32, 8)])  # exact
+    return madd_words(builder, pairs, scales)
+
+
+def madd_words(builder, a, b):
+    """8 int32: a and b (16 int16 each) multiplied, neighbours added (vpmaddwd)."""
+    fn = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
+                 ir.VectorType(ir.IntType(32), 8), [a.type, a.type])
+    return builder.call(fn, [a, b])
+
+
+def picked(builder, words, mask):
+    """16 int16 lanes, each a lane of `words` (16 int16) chosen by `mask`, 32
+    bytes of byte positions within each 128-bit half (x86's vpshufb)."""
+    v32 = ir.VectorType(ir.IntType(8), 32)
+    fn = declare(builder.module, "llvm.x86.avx2.pshuf.b", v32, [v32, v32])
+    return builder.bitcast(builder.call(fn, [builder.bitcast(words, v32), mask]),
+                           words.type)
 
 
 def byte_shift(builder, v, n: int, k, mask: str):
@@ -194,34 +215,19 @@ def byte_shift(builder, v, n: int, k, mask: str):
 
 
 # --8<-- [start:q4-k-block]
-def sums8(builder, dots: list):
-    """8 vectors of 8 int32 -> one whose lane j is the sum of dots[j]'s lanes."""
-    v8i32 = dots[0].type
-    hadd = declare(builder.module, "llvm.x86.avx2.phadd.d", v8i32, [v8i32] * 2)
-    pairs = [builder.call(hadd, dots[i:i + 2]) for i in range(0, 8, 2)]
-    quads = [builder.call(hadd, pairs[i:i + 2]) for i in (0, 2)]
-    # each 128-bit half of quads[0] holds a part of the sums of dots 0-3: add them
-    i32 = ir.IntType(32)
-    first, second = (builder.shuffle_vector(*quads, ir.Constant(
-        ir.VectorType(i32, 8), [s + i for i in (0, 1, 2, 3, 8, 9, 10, 11)]))
-        for s in (0, 4))
-    return builder.add(first, second)
-
-
-def bytes8(builder, low, high):
-    """Two int32 of 4 bytes each -> their 8 bytes as 8 int32 lanes."""
+def bytes8(builder, low, high, bits: int):
+    """Two int32 of 4 bytes each -> their 8 bytes as 8 lanes of `bits` bits."""
     i32 = ir.IntType(32)
     two = ir.Constant(ir.VectorType(i32, 2), ir.Undefined)
     two = builder.insert_element(builder.insert_element(two, low, i32(0)), high,
                                  i32(1))
     eight = builder.bitcast(two, ir.VectorType(ir.IntType(8), 8))
-    return builder.zext(eight, ir.VectorType(i32, 8))
+    return builder.zext(eight, ir.VectorType(ir.IntType(bits), 8))
 
 
-def k_scales_ir(builder, b, xd, xs):
-    """Q4_K's and Q5_K's first 16 bytes -> 8 lanes of d * sc_j * xd_j (scales)
-    and 8 of dmin * m_j * xs_j (mins), float32."""
-    d, dmin = half_at(builder, b, 0), half_at(builder, b, 2)
+def k_scales_ir(builder, b):
+    """Q4_K's and Q5_K's bytes 4-15 -> the 6-bit scales sc_0..7 twice over
+    in 16 int16 lanes (for vpshufb), and the mins m_0..7 in 8 int32 lanes."""
     a, m4, c = (builder.extract_element(vector_at(builder, b, at, 1, 32),
                                         ir.IntType(32)(0)) for at in (4, 8, 12))
     i32, low, and_, or_ = a.type, builder.lshr, builder.and_, builder.or_
@@ -229,107 +235,108 @@ def k_scales_ir(builder, b, xd, xs):
     # of c and the top 2 bits of a (scales) or m4 (mins)
     top = [builder.shl(and_(low(v, i32(6)), i32(0x03030303)), i32(4)) for v in (a, m4)]
     sc = bytes8(builder, and_(a, i32(0x3F3F3F3F)),
-                or_(and_(c, i32(0x0F0F0F0F)), top[0]))
+                or_(and_(c, i32(0x0F0F0F0F)), top[0]), 16)
     m = bytes8(builder, and_(m4, i32(0x3F3F3F3F)),
-               or_(and_(low(c, i32(4)), i32(0x0F0F0F0F)), top[1]))
-    v8f32 = ir.VectorType(ir.FloatType(), 8)
-    fm, xdv, xsv = builder.fmul, *(builder.load(builder.bitcast(
-        p, v8f32.as_pointer()), align=4) for p in (xd, xs))
-    return (fm(fm(builder.uitofp(sc, v8f32), xdv), splat(builder, d, 8)),
-            fm(fm(builder.uitofp(m, v8f32), xsv), splat(builder, dmin, 8)))
+               or_(and_(low(c, i32(4)), i32(0x0F0F0F0F)), top[1]), 32)
+    twice = ir.Constant(ir.VectorType(i32, 16), list(range(8)) * 2)
+    return builder.shuffle_vector(sc, sc, twice), m
+
+
+def k_terms(builder, b, xd, xs, dot, m, k):
+    """A Q4_K or Q5_K super-block's [(integer dot, d * xd), (minus the integer
+    sum of m_j times the token's sum over sub-block j, dmin * xd)]."""
+    sums = madd_words(builder, vector_at(builder, xs, 0, 16, 16), k["1"])  # per 32
+    d, dmin, x = half_at(builder, b, 0), half_at(builder, b, 2), builder.load(xd)
+    # minus in integers: a float negation would need a constant (a sign mask)
+    return [(dot, builder.fmul(d, x)),
+            (builder.neg(builder.mul(m, sums)), builder.fmul(dmin, x))]
 
 
 def q4_k_block(builder, b, x, xd, xs, k):
-    """One Q4_K super-block (144 bytes) against 256 int8 activations: [(lane j:
-    the integer dot of sub-block j, lane j: its scale)], and what to subtract."""
-    dots = []
+    """One Q4_K super-block (144 bytes) against 256 int8 activations: pairs of
+    (8 int32 lanes, the float scale they share)."""
+    sc, m = k_scales_ir(builder, b)
+    dot = None
     for j in range(8):  # sub-blocks 2p and 2p+1: the low, high nibbles of 32 bytes
         q = vector_at(builder, b, 16 + 32 * (j // 2), 32, 8)
-        dots.append(madd_bytes(builder, byte_shift(builder, q, 4 * (j % 2), k, "15"),
-                               x, 32 * j, k))
-    scales, mins = k_scales_ir(builder, b, xd, xs)
-    return [(sums8(builder, dots), scales)], mins
+        q = byte_shift(builder, q, 4 * (j % 2), k, "15")
+        term = madd_bytes(builder, q, x, 32 * j, picked(builder, sc, k[f"pick {j}"]))
+        dot = term if dot is None else builder.add(dot, term)  # exact, in int32
+    return k_terms(builder, b, xd, xs, dot, m, k)
 # --8<-- [end:q4-k-block]
 
 
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_K": q4_k_block}  # kind -> its block's IR; more are added below
-# bytes per activation (int16 or int8), and xd and xs numbers per block
-ACTIVATIONS = {"Q4_0": (2, 1), "Q5_0": (2, 1), "Q4_K": (1, 8), "Q5_K": (1, 8),
-               "Q6_K": (1, 16)}
+# per kind: the token's numbers, and how many int16 sums a block has
+ACTIVATIONS = {k: (np.int8, 16) for k in KINDS} | {
+    "Q4_0": (np.int16, 1), "Q5_0": (np.int16, 1)}
 # the constants the blocks need, passed in memory: a vector or float constant in
 # the code would be loaded from a data section, which elf_text refuses
-CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16, 8]
-                     + [24] * 4 + [16] * 4 + [0x0101], np.int16)
+PICK = [[514 * j + 256] * 16 for j in range(8)]  # bytes 2j, 2j + 1: lane j, everywhere
+PICK6 = [[1028 * s + 256] * 8 + [1028 * s + 770] * 8 for s in range(4)]  # 2s; 2s + 1
+CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16,
+                     0x0101] + sum(PICK + PICK6, []), np.int16)
 
 
 def constants(builder, table) -> dict:
     """In 16 int16 lanes: 1 << j in lane j; 15, 3 and 1 in each byte; 1; 16.
-    Shifts for Q6_K's scales in 8 int32 lanes; 16.0, 8.0 as float32."""
-    i16, i64 = ir.IntType(16), ir.IntType(64)
-    k = {"lanes": builder.load(builder.bitcast(table, ir.VectorType(
-        i16, 16).as_pointer()), align=2)}
-    at = {name: builder.load(builder.gep(table, [i64(16 + i)]))
-          for i, name in enumerate(("15", "3", "1", "16", "8"))}
-    at["bit"] = builder.load(builder.gep(table, [i64(29)]))  # 1 in each byte
-    k |= {n: splat(builder, at[n], 16) for n in ("15", "3", "1", "16", "bit")}
-    shifts = builder.load(builder.bitcast(builder.gep(table, [i64(21)]),
-                                          ir.VectorType(i16, 8).as_pointer()), align=2)
-    k["even odd"] = builder.sext(shifts, ir.VectorType(ir.IntType(32), 8))
-    return k | {f"{n}.0": builder.sitofp(at[n], ir.FloatType()) for n in ("16", "8")}
+    In 32 bytes: vpshufb's positions for each sub-block's scale."""
+    i16, i64, v32 = ir.IntType(16), ir.IntType(64), ir.VectorType(ir.IntType(8), 32)
+
+    def at(i: int, t=i16):  # a number, or a vector, from table[i] on
+        return builder.load(builder.bitcast(builder.gep(table, [i64(i)]),
+                                            t.as_pointer()), align=2)
+    names = [f"pick {j}" for j in range(8)] + [f"pick6 {s}" for s in range(4)]
+    k = {name: at(21 + 16 * i, v32) for i, name in enumerate(names)}
+    return k | {"lanes": at(0, ir.VectorType(i16, 16))} | {name: splat(
+        builder, at(i), 16) for i, name in ((16, "15"), (17, "3"), (18, "1"),
+                                            (19, "16"), (20, "bit"))}
 
 
 def block_rows_ir(module, kind: str):
     """void minigpt_<kind>_rows(w, x, xd, xs, table, out, N, B): out[n] = row n
     of W (B blocks each) times the token x (xd, xs: as `activations` gives them)."""
     i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
-    args = [i8.as_pointer(), i8.as_pointer(), f32.as_pointer(), f32.as_pointer(),
-            i16.as_pointer()]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        *args, f32.as_pointer(), i64, i64]), f"minigpt_{kind.lower()}_rows")
+        i8.as_pointer(), i8.as_pointer(), f32.as_pointer(), *[i16.as_pointer()] * 2,
+        f32.as_pointer(), i64, i64]), f"minigpt_{kind.lower()}_rows")
     w, x, xd, xs, table, out, N, B = fn.args
-    # one row's dot product, a function of its own: within one loop, LLVM would
-    # turn the rows of no blocks (B = 0) into a call of the C library's memset
-    dot = ir.Function(module, ir.FunctionType(f32, [*args, i64]),
-                      f"minigpt_{kind.lower()}_dot")
-    dot.linkage = "internal"  # called only from this module: no symbol to look up
-    dot.attributes.add("noinline")
+    for a in fn.args[:6]:  # no two arrays overlap: the constants load once
+        a.add_attribute("noalias")
     builder = ir.IRBuilder(fn.append_basic_block())
-    with counted(builder, N) as n:
-        row = builder.gep(w, [builder.mul(n, builder.mul(
-            B, i64(GGML_TYPES[KINDS[kind]].size)))])
-        builder.store(builder.call(dot, [row, x, xd, xs, table, B]),
+    k, size = constants(builder, table), GGML_TYPES[KINDS[kind]].size
+    # B > 0 (BlockKernel refuses K = 0): else LLVM would make the rows of no
+    # blocks a call of the C library's memset
+    with builder.if_then(builder.icmp_signed(">", B, i64(0))), \
+            counted(builder, N) as n:
+        row = builder.gep(w, [builder.mul(n, builder.mul(B, i64(size)))])
+        builder.store(row_dot_ir(builder, kind, row, x, xd, xs, k, B),
                       builder.gep(out, [n]))
     builder.ret_void()
-    row_dot_ir(dot, kind)
     return fn
 
 
-def row_dot_ir(fn, kind: str) -> None:
-    """The body of float dot(row, x, xd, xs, table, B): B blocks times x."""
-    i16, i64, f32 = ir.IntType(16), ir.IntType(64), ir.FloatType()
-    v8f32 = ir.VectorType(f32, 8)
-    row, x, xd, xs, table, B = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block())
-    k, t, (size, per) = constants(builder, table), GGML_TYPES[KINDS[kind]], \
-        ACTIVATIONS[kind]
-    acc = builder.alloca(v8f32)  # 8 partial sums, added up at the end
+def row_dot_ir(builder, kind: str, row, x, xd, xs, k, B):
+    """B blocks of `row` times x, in IR at the builder. -> a float32 value"""
+    i64, v8f32 = ir.IntType(64), ir.VectorType(ir.FloatType(), 8)
+    t, (xt, per) = GGML_TYPES[KINDS[kind]], ACTIVATIONS[kind]
+    fma = declare(builder.module, "llvm.fma.v8f32", v8f32, [v8f32] * 3)  # a * b + c
+    with builder.goto_entry_block():  # where LLVM keeps it in a register
+        acc = builder.alloca(v8f32)  # 8 partial sums, added up at the end
     builder.store(v8f32(None), acc)
     with counted(builder, B) as blk:
         b = builder.gep(row, [builder.mul(blk, i64(t.size))])
-        prefetch(builder, builder.gep(b, [i64(PREFETCH)]))
-        xb = builder.gep(x, [builder.mul(blk, i64(t.block * size))])
-        xb = builder.bitcast(xb, i16.as_pointer()) if size == 2 else xb
-        g = builder.mul(blk, i64(per))
-        pairs, minus = BLOCKS[kind](builder, b, xb, builder.gep(xd, [g]),
-                                    builder.gep(xs, [g]), k)
-        total = builder.load(acc) if minus is None else \
-            builder.fsub(builder.load(acc), minus)  # Q4_K's mins, say
-        for dot, s in pairs:  # a scalar scale serves every lane
-            s = s if s.type == v8f32 else splat(builder, s, 8)
-            total = builder.fadd(total, builder.fmul(builder.sitofp(dot, v8f32), s))
+        for line in range(0, t.size, 64):  # each cache line of the block, ahead
+            prefetch(builder, builder.gep(b, [i64(PREFETCH + line)]))
+        xb = builder.gep(x, [builder.mul(blk, i64(t.block * np.dtype(xt).itemsize))])
+        sb = builder.bitcast(builder.gep(xs, [builder.mul(blk, i64(per))]), x.type)
+        total = builder.load(acc)  # each pair: to float once a block, times its scale
+        for dot, s in BLOCKS[kind](builder, b, xb, builder.gep(xd, [blk]), sb, k):
+            total = builder.call(fma, [builder.sitofp(dot, v8f32), splat(builder, s, 8),
+                                       total])
         builder.store(total, acc)
-    builder.ret(lane_sum(builder, builder.load(acc)))
+    return lane_sum(builder, builder.load(acc))
 # --8<-- [end:block-rows-ir]
 
 
@@ -345,24 +352,30 @@ class BlockKernel:
     def __call__(self, raw, xq, xd, xs, out):
         """raw: (N, B * size) uint8, and the token as `activations` gives it:
         xq: (K,), xd, xs: (G,) -> work(a, b): rows a:b into out (N,) float32"""
-        t, (size, per) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
+        t, (xt, per) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
         N, K = len(raw), len(xq)
         want = [(raw, np.uint8, (N, K // t.block * t.size)), (out, np.float32, (N,)),
-                (xq, np.int16 if size == 2 else np.int8, (K,)),
-                (xd, np.float32, (K // t.block * per,)),
-                (xs, np.int32 if self.kind == "Q6_K" else np.float32, xd.shape)]
+                (xq, xt, (K,)), (xd, np.float32, (K // t.block,)),
+                (xs, np.int16, (K // t.block * per,))]
         # the machine code trusts its pointers: a wrong array would crash Python
-        if K % t.block or not all(a.dtype == d and a.shape == s and
+        if not K or K % t.block or not all(a.dtype == d and a.shape == s and
                                   a.flags.c_contiguous for a, d, s in want):
             raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
                              f"shape or layout for N={N}, K={K}")
         arrays = (raw, xq, xd, xs, CONSTANTS, out)  # alive as long as work is
-        at = [a.ctypes.data for a in arrays]  # the addresses, once per token
+        at = [address(a) for a in arrays]  # once per token
 
         def work(a: int, b: int) -> None:  # a call releases the GIL
             self.fn(at[0] + a * arrays[0].shape[1], *at[1:5], at[5] + 4 * a, b - a,
                     K // t.block)
         return work
+
+
+def address(a: np.ndarray) -> int:
+    """Where a's first byte is: a ctypes view of a writable array is several
+    times quicker to make than a.ctypes, which a product needs per array."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(a)) if a.flags.writeable \
+        and a.nbytes else a.ctypes.data
 
 
 @functools.cache
@@ -389,44 +402,117 @@ def block_code() -> dict:
 # --8<-- [end:block-code]
 
 
+# --8<-- [start:q8-k-rounding-ir]
+def q8_k_ir(module):
+    """void minigpt_q8_k(x, xq, xd, xs, G, top, half): q8_k of G groups of 256
+    float32, top = 127.0 and half = 0.5 (float constants would sit in a data
+    section) -> xq: G*256 int16 (int8 would need a mask from a data section),
+    xd: G float32, xs: G*16 int16"""
+    f32, i16, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(64)
+    vf, vi = ir.VectorType(f32, 256), ir.VectorType(i16, 256)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+        f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i16.as_pointer(), i64,
+        f32, f32]), "minigpt_q8_k")
+    x, xq, xd, xs, G, top, half = fn.args
+    b = ir.IRBuilder(fn.append_basic_block())
+    call = {n.split(".")[-2]: functools.partial(b.call, declare(
+        module, f"llvm.{n}", r, a)) for n, r, a in (
+        ("vector.reduce.fmax.v256f32", f32, [vf]), ("maxnum.f32", f32, [f32] * 2),
+        ("vector.reduce.fmin.v256f32", f32, [vf]), ("trunc.v256f32", vf, [vf]),
+        ("vector.reduce.add.v16i16", i16, [ir.VectorType(i16, 16)]))}
+    with counted(b, G) as g:
+        at = b.mul(g, i64(256))
+        v = b.load(b.bitcast(b.gep(x, [at]), vf.as_pointer()), align=4)
+        amax = call["maxnum"]([call["fmax"]([v]), b.fsub(
+            f32(0.0), call["fmin"]([v]))])  # max |x|, as max(largest, -smallest)
+        d = b.fdiv(amax, top)  # as q8_k divides: max |x| / 127, then 1 / d
+        inverse = b.select(b.fcmp_ordered(">", d, f32(0.0)),
+                           b.fdiv(b.fadd(half, half), d), f32(0.0))
+        scaled = b.fmul(v, splat(b, inverse, 256))
+        whole = call["trunc"]([scaled])  # then a step away from zero
+        rest = b.fsub(scaled, whole)  # where what is left is at least a half
+        # the masks as -1 where true (sext): a 1 would be a constant in memory
+        up = b.sext(b.fcmp_ordered(">=", rest, splat(b, half, 256)), vi)
+        down = b.sext(b.fcmp_ordered("<=", rest, splat(
+            b, b.fsub(f32(0.0), half), 256)), vi)
+        q = b.sub(b.add(b.fptosi(whole, vi), down), up)
+        b.store(q, b.bitcast(b.gep(xq, [at]), vi.as_pointer()), align=2)
+        b.store(d, b.gep(xd, [g]))
+    with counted(b, b.mul(G, i64(16))) as t:  # then the sums of each 16
+        part = b.load(b.bitcast(b.gep(xq, [b.mul(t, i64(16))]), ir.VectorType(
+            i16, 16).as_pointer()), align=2)
+        b.store(call["add"]([part]), b.gep(xs, [t]))
+    b.ret_void()
+    return fn
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """q8_k_ir's function called through ctypes: q8_k in machine code."""
+
+    code: object
+    fn: object
+
+    def __call__(self, x: np.ndarray) -> tuple:
+        """x: (T, K) float32, finite, contiguous -> q8_k(x)'s three arrays"""
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] % 256 or \
+                not x.flags.c_contiguous:
+            raise ValueError(f"Q8_K rounding: x must be contiguous float32 rows "
+                             f"of a multiple of 256 numbers, got {x.dtype} {x.shape}")
+        xq = np.empty(x.shape, np.int16)
+        xd = np.empty((len(x), x.shape[1] // 256), np.float32)
+        xs = np.empty((len(x), x.shape[1] // 16), np.int16)
+        self.fn(*(address(a) for a in (x, xq, xd, xs)), xd.size, 127.0, 0.5)
+        return xq.astype(np.int8), xd, xs
+
+
+@functools.cache
+def q8_k_code():
+    """q8_k_ir's function compiled and wrapped, or None without machine code."""
+    if not block_code():
+        return None
+    module = ir.Module("minigpt_q8_k")
+    name = q8_k_ir(module).name
+    try:
+        code, starts = elf_text(in_child(compile_object, str(module)), [name])
+        memory, base = executable(code)
+    except (OSError, ValueError, RuntimeError):
+        return None  # q8_k, in NumPy, rounds the same
+    p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    return Rounding(memory, ctypes.CFUNCTYPE(None, p, p, p, p, i, f, f)(
+        base + starts[name]))
+ROUNDERS["Q8_K"] = q8_k_code
+# --8<-- [end:q8-k-rounding-ir]
+
+
 # --8<-- [start:q6-k-block]
 def q6_k_block(builder, b, x, xd, xs, k):
-    """One Q6_K super-block (210 bytes) against 256 int8 activations. Lanes in
-    the order 0, 2, 4, 6, 1, 3, 5, 7 of each 8 sub-blocks of 16 (the order x86's
-    horizontal adds leave); xd and xs come in that order: per sub-block, its
-    activations' scale and their sum."""
-    d, dots, i32 = half_at(builder, b, 208), [], ir.IntType(32)
+    """One Q6_K super-block (210 bytes) against 256 int8 activations: 16
+    sub-blocks of 16, w = d * sc * (q - 32) with int8 scales sc."""
+    v16i16, dot = ir.VectorType(ir.IntType(16), 16), None
+    twice = [ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(h, h + 8)) * 2)
+             for h in (0, 8)]  # the scales of sub-blocks 0-7, then of 8-15, twice
+    sc = builder.sext(vector_at(builder, b, 192, 16, 8), v16i16)
     for g in range(8):  # groups of 32 values: half h of the block, quarter s
         h, s = g // 4, g % 4
         nib = byte_shift(builder, vector_at(builder, b, 64 * h + 32 * (s % 2), 32, 8),
                          4 * (s // 2), k, "15")  # the low 4 bits
-        top = byte_shift(builder, vector_at(builder, b, 128 + 32 * h, 32, 8),
-                         2 * s, k, "3")  # the high 2 bits, at bits 2s and 2s+1
-        top = builder.bitcast(builder.shl(builder.bitcast(top, k["1"].type),
-                                          k["1"].type([4] * 16)), top.type)
-        dots.append(madd_bytes(builder, builder.or_(nib, top), x, 32 * g, k))
-    v4i32, v8i32 = ir.VectorType(i32, 4), ir.VectorType(i32, 8)
-    v8f32 = ir.VectorType(ir.FloatType(), 8)
-    xs = builder.bitcast(xs, v8i32.as_pointer())
-    xd = builder.bitcast(xd, v8f32.as_pointer())
-    pairs = []
-    for half in (0, 1):  # sub-blocks 0-7, then 8-15
-        hadd = declare(builder.module, "llvm.x86.avx2.phadd.d", v8i32, [v8i32] * 2)
-        p = [builder.call(hadd, dots[i:i + 2]) for i in (4 * half, 4 * half + 2)]
-        sums = builder.call(hadd, p)  # sub-blocks 0, 2, 4, 6, 1, 3, 5, 7 (+8 half)
-        # the int8 sub-scales, even ones then odd ones: the same order
-        sc = builder.sext(vector_at(builder, b, 192 + 8 * half, 4, 16), v4i32)
-        sc = builder.shuffle_vector(sc, sc, v8i32([0, 1, 2, 3] * 2))  # twice
-        # byte 0 of each (the even sub-block) shifted up by 24, byte 1 by 16:
-        # by amounts in memory, as a constant vector would be in a data section
-        sc = builder.ashr(builder.shl(sc, k["even odd"]), v8i32([24] * 8))
-        # (q - 32) . x = q . x - 32 * sum(x): |sums| < 2**18, times sc < 2**25
-        at = [i32(half)]
-        minus = builder.shl(builder.load(builder.gep(xs, at), align=4), v8i32([5] * 8))
-        dot = builder.mul(builder.sub(sums, minus), sc)
-        pairs.append((dot, builder.fmul(builder.load(builder.gep(xd, at), align=4),
-                                        splat(builder, d, 8))))
-    return pairs, None
+        # the high 2 bits, at bits 2s and 2s+1, moved to bits 4 and 5 by one shift
+        # (by at most 4: no bit of the neighbouring byte reaches them) and kept
+        top = builder.bitcast(vector_at(builder, b, 128 + 32 * h, 32, 8), v16i16)
+        top = builder.shl(top, v16i16([4 - 2 * s] * 16)) if s < 3 else \
+            builder.lshr(top, v16i16([2] * 16))
+        top = builder.and_(builder.bitcast(top, nib.type), builder.bitcast(
+            builder.shl(k["3"], v16i16([4] * 16)), nib.type))  # 0x30 a byte
+        # sub-block 2g's scale in the low 16 bytes, 2g + 1's in the high 16
+        scales = picked(builder, builder.shuffle_vector(sc, sc, twice[h]),
+                        k[f"pick6 {s}"])
+        term = madd_bytes(builder, builder.or_(nib, top), x, 32 * g, scales)
+        dot = term if dot is None else builder.add(dot, term)
+    # (q - 32) . x = q . x - 32 * sum(x), per sub-block times its scale
+    minus = madd_words(builder, sc, vector_at(builder, xs, 0, 16, 16))
+    dot = builder.sub(dot, builder.shl(minus, minus.type([5] * 8)))
+    return [(dot, builder.fmul(half_at(builder, b, 208), builder.load(xd)))]
 BLOCKS["Q6_K"] = q6_k_block
 # --8<-- [end:q6-k-block]
 
@@ -435,16 +521,22 @@ BLOCKS["Q6_K"] = q6_k_block
 def q5_k_block(builder, b, x, xd, xs, k):
     """One Q5_K super-block (176 bytes): Q4_K's first 16 bytes, 32 bytes whose bit
     j is the fifth bit of sub-block j's values, then Q4_K's nibbles."""
-    dots, fifth = [], vector_at(builder, b, 16, 32, 8)
+    (sc, m), dot = k_scales_ir(builder, b), None
+    fifth = vector_at(builder, b, 16, 32, 8)
     for j in range(8):
         q = vector_at(builder, b, 48 + 32 * (j // 2), 32, 8)
         q = byte_shift(builder, q, 4 * (j % 2), k, "15")
-        top = byte_shift(builder, fifth, j, k, "bit")  # 0 or 1 in each byte
-        top = builder.bitcast(builder.shl(builder.bitcast(top, k["1"].type),
-                                          k["1"].type([4] * 16)), top.type)
-        dots.append(madd_bytes(builder, builder.or_(q, top), x, 32 * j, k))
-    scales, mins = k_scales_ir(builder, b, xd, xs)  # as Q4_K's
-    return [(sums8(builder, dots), scales)], mins
+        # bit j of each byte moved to bit 4 and kept: a shift of 16-bit lanes
+        # by at most 4 brings no bit of the neighbouring byte to bit 4
+        v16 = builder.bitcast(fifth, k["1"].type)
+        v16 = builder.shl(v16, v16.type([4 - j] * 16)) if j < 4 else \
+            builder.lshr(v16, v16.type([j - 4] * 16))
+        top = builder.and_(builder.bitcast(v16, q.type), builder.bitcast(
+            builder.shl(k["bit"], k["1"].type([4] * 16)), q.type))  # 16 a byte
+        term = madd_bytes(builder, builder.or_(q, top), x, 32 * j,
+                          picked(builder, sc, k[f"pick {j}"]))
+        dot = term if dot is None else builder.add(dot, term)
+    return k_terms(builder, b, xd, xs, dot, m, k)  # as Q4_K's
 
 
 BLOCKS["Q5_K"] = q5_k_block
@@ -452,33 +544,42 @@ BLOCKS["Q5_K"] = q5_k_block
 
 
 # --8<-- [start:q5-0-q4-0-block]
-def wide(builder, base, offset: int):
-    """16 bytes at `offset`, zero-extended to 16 int16 lanes."""
-    return builder.zext(vector_at(builder, base, offset, 16, 8),
-                        ir.VectorType(ir.IntType(16), 16))
+def nibbles(builder, base, offset: int, k, high: bool):
+    """The low (or high) nibbles of 16 bytes at `offset`, in 16 int16 lanes. The
+    high ones are shifted in 8 int16 lanes and masked by k["15"], from memory: a
+    shift of bytes would need a mask that LLVM keeps in a data section."""
+    v, v8 = vector_at(builder, base, offset, 16, 8), ir.VectorType(ir.IntType(16), 8)
+    if high:
+        v = builder.bitcast(builder.lshr(builder.bitcast(v, v8), v8([4] * 8)), v.type)
+    mask = builder.shuffle_vector(builder.bitcast(k["15"], ir.VectorType(
+        v.type.element, 32)), ir.Constant(ir.VectorType(v.type.element, 32), None),
+        ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16))))
+    return builder.zext(builder.and_(v, mask), ir.VectorType(ir.IntType(16), 16))
 
 
 def madd(builder, q, x, value: int):
     """8 int32: pairs of q (16 int16) times x[value:value + 16] (int16), added."""
-    v16 = ir.VectorType(ir.IntType(16), 16)
-    fn = declare(builder.module, "llvm.x86.avx2.pmadd.wd",
-                 ir.VectorType(ir.IntType(32), 8), [v16, v16])
-    xv = builder.load(builder.bitcast(builder.gep(x, [ir.IntType(64)(value)]),
-                                      v16.as_pointer()), align=2)
-    return builder.call(fn, [q, xv])
+    return madd_words(builder, q, vector_at(builder, x, 2 * value, 16, 16))
+
+
+def minus_sum(builder, dot, xs, shift: int):
+    """dot (8 int32) less (1 << shift) times the token's sum xs[0], in lane 0."""
+    i32 = ir.IntType(32)
+    total = builder.sext(builder.load(builder.bitcast(xs, ir.IntType(16).as_pointer())),
+                         i32)
+    return builder.sub(dot, builder.insert_element(dot.type(None), builder.shl(
+        total, i32(shift)), i32(0)))
 
 
 def q5_0_block(builder, b, x, xd, xs, k):
     """One Q5_0 block (22 bytes) against 32 activations: value = nibble +
-    16 * fifth bit - 16, the -16 taken as -16 * sum(x) once."""
+    16 * fifth bit - 16, the -16 taken as -16 * sum(x) once, in integers."""
     d = half_at(builder, b, 0)
     bits = vector_at(builder, b, 2, 1, 32)
     bits = builder.extract_element(bits, ir.IntType(32)(0))  # bit j: value j
     i16, dot = ir.IntType(16), None
     for e in (0, 16):
-        nib = wide(builder, b, 6)  # value j < 16: low nibble of byte j, else high
-        nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type([4] * 16))
+        nib = nibbles(builder, b, 6, k, e == 16)  # value j < 16: byte j's low nibble
         these = builder.trunc(builder.lshr(bits, bits.type(e)), i16)
         # lane j of `lanes` holds 1 << j: set where value j's fifth bit is
         on = builder.icmp_unsigned("!=", builder.and_(splat(builder, these, 16),
@@ -486,25 +587,18 @@ def q5_0_block(builder, b, x, xd, xs, k):
         fifth = builder.and_(builder.sext(on, nib.type), k["16"])
         term = madd(builder, builder.or_(nib, fifth), x, e)
         dot = term if dot is None else builder.add(dot, term)
-    fm, lane = builder.fmul, ir.IntType(32)(0)  # what to subtract: in one lane
-    minus = fm(fm(d, builder.load(xs)), k["16.0"])
-    return [(dot, fm(d, builder.load(xd)))], builder.insert_element(
-        ir.VectorType(minus.type, 8)(None), minus, lane)
+    return [(minus_sum(builder, dot, xs, 4), builder.fmul(d, builder.load(xd)))]
 
 
 def q4_0_block(builder, b, x, xd, xs, k):
-    """One Q4_0 block (18 bytes) against 32 activations: value = nibble - 8."""
+    """One Q4_0 block (18 bytes) against 32 activations: value = nibble - 8,
+    the -8 as -8 * sum(x)."""
     d, dot = half_at(builder, b, 0), None
     for e in (0, 16):
-        nib = wide(builder, b, 2)
-        nib = builder.and_(nib, k["15"]) if e == 0 else \
-            builder.lshr(nib, nib.type([4] * 16))
+        nib = nibbles(builder, b, 2, k, e == 16)
         term = madd(builder, nib, x, e)
         dot = term if dot is None else builder.add(dot, term)
-    fm, lane = builder.fmul, ir.IntType(32)(0)
-    minus = fm(fm(d, builder.load(xs)), k["8.0"])
-    return [(dot, fm(d, builder.load(xd)))], builder.insert_element(
-        ir.VectorType(minus.type, 8)(None), minus, lane)
+    return [(minus_sum(builder, dot, xs, 3), builder.fmul(d, builder.load(xd)))]
 BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [end:q5-0-q4-0-block]
 

@@ -16,6 +16,8 @@ from minigpt.block_kernels import (
     block_code,
     block_matmul,
     load_gguf_blocks,
+    q8_k,
+    q8_k_code,
 )
 from minigpt.gguf_models import load_gguf
 from minigpt.kquants import GGML_TYPES, quantize_q4_0, quantize_q4_k
@@ -60,14 +62,55 @@ def close(got: np.ndarray, want: np.ndarray, w: np.ndarray, x: np.ndarray,
 needs_code = pytest.mark.skipif(not block_code(), reason="no machine code here")
 
 
+def rounded_tokens(kind: str, x: np.ndarray) -> np.ndarray:
+    """x as the kernel of `kind` rounds it, back in float64: Q8_K (one scale per
+    256) for the K formats, Q8_0 (one per 32) for the others. x: (T, K)"""
+    if kind.endswith("K"):
+        xq, xd, _ = q8_k(x)
+        return dequantize(xq, xd).astype(np.float64)
+    return dequantize(*quantize_groups(x, 32)).astype(np.float64)
+
+
+def test_q8_k_rounds_each_256_by_its_largest_value():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    x[1, :256] = 0  # a group of zeros: scale 0, numbers 0
+    xq, xd, sums = q8_k(x)
+    assert xq.dtype == np.int8 and xd.dtype == np.float32 and sums.dtype == np.int16
+    assert xq.shape == (3, 512) and xd.shape == (3, 2) and sums.shape == (3, 32)
+    g = x.reshape(3, 2, 256).astype(np.float64)
+    np.testing.assert_array_equal(xd, (np.abs(g).max(axis=2) / 127).astype(np.float32))
+    assert np.abs(xq).max() == 127 and not xq[1, :256].any()
+    # each number within half a step of the value it stands for
+    err = np.abs(xq.reshape(3, 2, 256) * xd[..., None].astype(np.float64) - g)
+    assert np.all(err <= xd[..., None] * (0.5 + 1e-6))
+    np.testing.assert_array_equal(sums, xq.reshape(3, 32, 16).sum(axis=2))
+
+
+@needs_code
+def test_q8_k_machine_code_rounds_bit_for_bit_as_numpy():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    x[1, :256] = 0
+    x[2, :256] = np.arange(256, dtype=np.float32) - 127  # halves after scaling
+    x[2, 256:512] = (np.arange(256, dtype=np.float32) - 128) * 0.5
+    x[3] *= np.float32(1e-30)  # tiny scales, still finite
+    got, want = q8_k_code()(x), q8_k(x)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="256"):
+        q8_k_code()(x[:, :128].copy())
+
+
 @needs_code
 @pytest.mark.reference
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_one_token_is_q8_0_activations_times_decoded_weights(kind):
+def test_one_token_is_rounded_activations_times_decoded_weights(kind):
     raw = random_blocks(kind, 96, 512)
     x = np.random.default_rng(1).standard_normal((1, 512)).astype(np.float32)
     w = decoded64(kind, raw)
-    want = dequantize(*quantize_groups(x, 32)).astype(np.float64) @ w.T
+    want = rounded_tokens(kind, x) @ w.T
     got = x @ BlockMatrix(kind, raw).T
     close(got, want, w, x)
     # and it differs from the unrounded product: the rounding is really there
@@ -105,12 +148,12 @@ def test_a_few_tokens_take_the_machine_code_token_by_token(kind):
     raw = random_blocks(kind, 200, 512, seed=9)
     x = np.random.default_rng(10).standard_normal((5, 512)).astype(np.float32)
     w = decoded64(kind, raw)
-    want = dequantize(*quantize_groups(x, 32)).astype(np.float64) @ w.T
+    want = rounded_tokens(kind, x) @ w.T
     close(x @ BlockMatrix(kind, raw).T, want, w, x)  # rounded: the machine code
 
 
 @needs_code
-@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K"])
 def test_two_threads_give_the_same_bits(kind):
     raw = random_blocks(kind, 1024, 768)
     m = BlockMatrix(kind, raw).T
@@ -214,7 +257,7 @@ def test_a_q4_k_m_gguf_loads_packed_and_matches_float32(tmp_path):
     want = floats.forward(ids).astype(np.float64)  # every tensor decoded
     got = packed.forward(ids)  # a prompt: tiles, the same float32 weights
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
-    for n in (1, 5):  # a token or a few: Q8_0 activations, machine code
+    for n in (1, 5):  # a token or a few: Q8_K activations, machine code
         err = np.abs(packed.forward(ids[:n]) - want[:n]).max()
         assert 0 < err < 3e-2 * np.abs(want[:n]).max()
 
@@ -278,3 +321,32 @@ def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
     ids = np.arange(1, 40)
     want = floats.forward(ids)  # q and k rows reordered there after decoding
     assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "znver1", "skylake-avx512"])
+def test_the_kernels_compile_without_a_data_section_for_avx2_and_avx512(cpu):
+    """A constant that LLVM keeps beside the code (a mask, say) makes elf_text
+    refuse the whole module, and every format falls back to the tiles: check
+    the IR for processors with AVX2 only, not just for this machine's."""
+    llvm = pytest.importorskip("llvmlite.binding")
+    import platform
+
+    from minigpt import block_kernels as bk
+    from minigpt.machine_code import elf_text, ir
+
+    if platform.machine() != "x86_64" or ir is None:
+        pytest.skip("x86-64 code only")
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    module = ir.Module("check")
+    names = [bk.block_rows_ir(module, kind).name for kind in bk.BLOCKS]
+    names.append(bk.q8_k_ir(module).name)
+    parsed = llvm.parse_assembly(str(module))
+    parsed.triple, parsed.data_layout = machine.triple, str(machine.target_data)
+    passes = llvm.create_pass_builder(
+        machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(parsed, passes)
+    code, starts = elf_text(machine.emit_object(parsed), names)  # raises if refused
+    assert sorted(starts) == sorted(names) and code
