@@ -53,6 +53,7 @@ from minigpt.machine_code import (
     splat,
     this_processor,
 )
+from minigpt.machine_crew import share_rows
 from minigpt.quantize import quantize_groups
 from minigpt.rope import interleaved_to_half
 from minigpt.threads import blas, split_rows, token_rows
@@ -118,19 +119,20 @@ def block_matmul(x: np.ndarray, w: BlockMatrix) -> np.ndarray:
     code = block_code()
     out = np.empty((len(x2), len(w.raw)), np.float32)  # [T, N]
     if len(x2) <= FEW and w.kind in code:
-        split_rows(few_tokens(x2, w, code[w.kind], out), len(w.raw))
+        few_tokens(x2, w, code[w.kind], out)
     else:
         split_rows(tiles(x2, w, out), len(w.raw))
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 
 
-def few_tokens(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray):
-    """work(a, b): rows a:b of x @ w by our machine code, token after token: a
-    thread's rows stay in its cache for the next. x: (T, K) -> out: (T, N)"""
+def few_tokens(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray) -> None:
+    """x @ w by our machine code, a token at a time, each shared out over our
+    threads (chapter 32's crew). x: (T, K) -> out: (T, N)"""
     xq, xd, xs = activations(w.kind, x)
     raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
-    works = [kernel(raw, xq[t], xd[t], xs[t], out[t]) for t in range(len(x))]
-    return lambda a, b: [work(a, b) for work in works]
+    for t in range(len(x)):
+        start, step = kernel(raw, xq[t], xd[t], xs[t], out[t])
+        share_rows(kernel.fn, start, step, 6, len(raw))  # N, the 7th, per piece
 
 
 ROUNDERS: dict = {}  # "Q8_K" -> a function giving machine code for q8_k, or None
@@ -351,7 +353,8 @@ class BlockKernel:
 
     def __call__(self, raw, xq, xd, xs, out):
         """raw: (N, B * size) uint8, and the token as `activations` gives it:
-        xq: (K,), xd, xs: (G,) -> work(a, b): rows a:b into out (N,) float32"""
+        xq: (K,), xd, xs: (G,), out: (N,) float32 -> the function's arguments
+        for rows 0:N, and what one row more adds to each (for share_rows)"""
         t, (xt, per) = GGML_TYPES[KINDS[self.kind]], ACTIVATIONS[self.kind]
         N, K = len(raw), len(xq)
         want = [(raw, np.uint8, (N, K // t.block * t.size)), (out, np.float32, (N,)),
@@ -362,13 +365,10 @@ class BlockKernel:
                                   a.flags.c_contiguous for a, d, s in want):
             raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
                              f"shape or layout for N={N}, K={K}")
-        arrays = (raw, xq, xd, xs, CONSTANTS, out)  # alive as long as work is
-        at = [address(a) for a in arrays]  # once per token
-
-        def work(a: int, b: int) -> None:  # a call releases the GIL
-            self.fn(at[0] + a * arrays[0].shape[1], *at[1:5], at[5] + 4 * a, b - a,
-                    K // t.block)
-        return work
+        at = [address(a) for a in (raw, xq, xd, xs, CONSTANTS, out)]
+        start = np.array([*at, N, K // t.block, 0], np.int64)  # rows 0:N
+        step = np.array([raw.shape[1], 0, 0, 0, 0, 4, 0, 0, 0], np.int64)  # a row on
+        return start, step
 
 
 def address(a: np.ndarray) -> int:

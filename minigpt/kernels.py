@@ -85,9 +85,7 @@ def few_tokens(x: np.ndarray, w, code: dict, out: np.ndarray) -> None:
     q = np.asarray(w.q)  # a memory map is an ndarray subclass: the plain view
     xq, xd = rounded(x, code) if w.scheme == "q8_0" else (x, None)
 
-    def work(a: int, b: int) -> None:  # rows a:b, where there is no crew
-        code[w.scheme](xq, xd, q[a:b], w.d[a:b], out[:, a:b])
-    run_rows(code[w.scheme], xq, xd, q, w.d, out, work)
+    run_rows(code[w.scheme], xq, xd, q, w.d, out)
 
 
 TILE = 256  # rows dequantised at a time: 256 x 768 float32 is 768 KB, near cache
@@ -131,9 +129,7 @@ def float_matmul(x: np.ndarray, w: RowMatrix) -> np.ndarray:
     x2 = token_rows(x, w)  # [T, K], shapes checked and every value finite
     out = np.empty((len(x2), N), np.float32)  # [T, N]
 
-    def work(a: int, b: int) -> None:  # rows a:b, where there is no crew
-        code["f32"](x2, None, w.rows[a:b], None, out[:, a:b])
-    run_rows(code["f32"], x2, None, w.rows, None, out, work)
+    run_rows(code["f32"], x2, None, w.rows, None, out)  # a call releases the GIL
     return out.reshape(*x.shape[:-1], -1)  # [T, N] -> [..., N]
 
 

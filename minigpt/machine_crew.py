@@ -43,9 +43,10 @@ from minigpt.machine_code import (
     ir,
     machine_code,
 )
-from minigpt.threads import PIECES, kernel_threads, shares, split_rows
+from minigpt.threads import PIECES, kernel_threads, shares
 
-__all__ = ["SPIN", "MachineCrew", "crew_code", "cut", "machine_crew", "run_rows"]
+__all__ = ["SPIN", "MachineCrew", "crew_code", "cut", "machine_crew", "run_rows",
+           "share_rows"]
 
 
 # --8<-- [start:crew-ir]
@@ -81,10 +82,12 @@ def wait_ir(builder: "ir.IRBuilder", at: "ir.Value", value: "ir.Value",  # noqa:
 
 def pieces_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """void run_pieces(table): claim each piece whose flag is still 0 and call
-    the table's kernel on it; table: [n, left, kernel, ..., rows of ROW]"""
-    i64, p8 = ir.IntType(64), ir.IntType(8).as_pointer()
-    pf = ir.FloatType().as_pointer()
-    kind = ir.FunctionType(ir.VoidType(), [p8, pf, p8, pf, pf] + [i64] * 4)
+    the table's kernel on its arguments; table: [n, left, kernel, ..., rows of
+    ROW: a flag and 9 arguments]"""
+    i64 = ir.IntType(64)
+    # x86-64's C convention passes a pointer exactly as a 64-bit integer, and the
+    # caller removes what it passed: any kernel of up to 9 such arguments fits
+    kind = ir.FunctionType(ir.VoidType(), [i64] * (ROW - 1))
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64.as_pointer()]),
                      "minigpt_run_pieces")
     fn.linkage = "internal"
@@ -98,9 +101,8 @@ def pieces_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
         mine = builder.extract_value(builder.cmpxchg(  # 0 -> 1: this piece is ours
             row, i64(0), i64(1), "acq_rel", "acquire"), 1)
         with builder.if_then(mine):
-            a = [builder.load(builder.gep(row, [i64(k)])) for k in range(1, ROW)]
-            builder.call(kernel, [builder.inttoptr(v, t) for v, t in
-                                  zip(a[:5], kind.args[:5], strict=True)] + a[5:])
+            builder.call(kernel, [builder.load(builder.gep(row, [i64(k)]))
+                                  for k in range(1, ROW)])
             builder.atomic_rmw("sub", builder.gep(table, [i64(1)]), i64(1),
                                "acq_rel")
     builder.ret_void()
@@ -226,23 +228,29 @@ def cut(n: int, threads: int) -> np.ndarray:
     return np.array(shares(n, threads * PIECES), np.int64).reshape(-1, 2)
 
 
-def run_rows(kernel: MachineKernel, x: np.ndarray, xd: np.ndarray | None,
-             q: np.ndarray, d: np.ndarray | None, out: np.ndarray,
-             fallback: Callable[[int, int], None]) -> None:
-    """kernel(x, xd, q, d, out) with the rows of q shared out over our threads,
-    which run it in machine code; fallback(a, b) does rows a:b where there is none."""
-    threads, N = kernel_threads(), q.shape[0]
-    pieces = cut(N, threads)
-    if threads == 1 or len(pieces) == 1 or not crew_code():
-        split_rows(fallback, N)  # one thread, or chapter 23's crew
+def share_rows(fn: Callable, start: np.ndarray, step: np.ndarray, count: int,
+               n: int) -> None:
+    """fn(*args) for every piece a:b of range(n), on our threads: args = start +
+    a * step (9 integers or addresses), with args[count] = b - a rows."""
+    threads = kernel_threads()
+    pieces = cut(n, threads)
+    rows = start + pieces[:, :1] * step  # the arguments of rows a:b, one row each
+    rows[:, count] = pieces[:, 1] - pieces[:, 0]
+    if len(rows) == 1 or not crew_code():  # one thread: a plain call
+        for args in rows.tolist():
+            fn(*args[:len(fn.argtypes)])
         return
+    machine_crew(threads).run(ctypes.cast(fn, ctypes.c_void_p).value, rows)
+
+
+def run_rows(kernel: MachineKernel, x: np.ndarray, xd: np.ndarray | None,
+             q: np.ndarray, d: np.ndarray | None, out: np.ndarray) -> None:
+    """kernel(x, xd, q, d, out) with the rows of q shared out over our threads."""
     S = kernel.check(x, xd, q, d, out)  # once, for the whole product
     K, G = q.shape[1], 0 if d is None else d.shape[1]
     start = np.array([x.ctypes.data, 0 if xd is None else xd.ctypes.data,
                       q.ctypes.data, 0 if d is None else d.ctypes.data,
-                      out.ctypes.data, 0, K, len(x), S], np.int64)
+                      out.ctypes.data, q.shape[0], K, len(x), S], np.int64)
     step = np.array([0, 0, K * q.itemsize, G * 4, 4, 0, 0, 0, 0], np.int64)
-    rows = start + pieces[:, :1] * step  # the arguments of rows a:b, one row each
-    rows[:, 5] = pieces[:, 1] - pieces[:, 0]  # N of the piece
-    machine_crew(threads).run(kernel.address, rows)
+    share_rows(kernel.fn, start, step, 5, q.shape[0])  # N, the 6th, per piece
 # --8<-- [end:run-rows]

@@ -45,10 +45,7 @@ def alone_and_shared(kernel, x, xd, q, d) -> tuple[np.ndarray, np.ndarray]:
     alone = np.empty((len(x), len(q)), np.float32)
     kernel(x, xd, q, d, alone)
     shared = np.full_like(alone, np.nan)
-
-    def never(a: int, b: int) -> None:
-        raise AssertionError("the machine-code crew should have run this")
-    run_rows(kernel, x, xd, q, d, shared, never)
+    run_rows(kernel, x, xd, q, d, shared)
     return alone, shared
 
 
@@ -88,25 +85,39 @@ def test_arrays_the_kernel_cannot_read_are_refused():
     kernel, x, xd, q, d = operands("q8_0", 512, 256, 1)
     out = np.empty((1, 512), np.float32)
     with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
-        run_rows(kernel, x.astype(np.int32), xd, q, d, out, lambda a, b: None)
+        run_rows(kernel, x.astype(np.int32), xd, q, d, out)
     with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
-        run_rows(kernel, x, xd, q, d, np.empty((1, 511), np.float32), lambda a, b: None)
+        run_rows(kernel, x, xd, q, d, np.empty((1, 511), np.float32))
 
 
-def test_without_machine_code_the_python_crew_runs(monkeypatch):
+def test_without_the_crew_each_piece_is_a_plain_call(monkeypatch):
     set_kernel_threads(2)
     monkeypatch.setattr(mcrew, "crew_code", lambda: {})
-    kernel, x, xd, q, d = operands("int8", 700, 256, 1)
-    alone = np.empty((1, 700), np.float32)
-    kernel(x, xd, q, d, alone)
-    shared, ran = np.full_like(alone, np.nan), []
-
-    def fallback(a: int, b: int) -> None:
-        ran.append((a, b))
-        kernel(x, xd, q[a:b], d[a:b], shared[:, a:b])
-    run_rows(kernel, x, xd, q, d, shared, fallback)
+    alone, shared = alone_and_shared(*operands("int8", 700, 256, 1))
     np.testing.assert_array_equal(shared, alone)
-    assert len(ran) > 1  # shared out over chapter 23's threads
+
+
+def test_any_kernel_of_up_to_nine_integer_arguments_is_shared(monkeypatch):
+    """share_rows calls a kernel whose arguments are its own (here a block
+    kernel's eight): the 4-bit GGUF products run on the crew as well."""
+    from minigpt.block_kernels import BlockMatrix, block_code, few_tokens
+    from minigpt.kquants import quantize_q4_k
+
+    if "Q4_K" not in block_code():
+        pytest.skip("no block machine code here")
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((1500, 512)).astype(np.float32)
+    m = BlockMatrix("Q4_K", quantize_q4_k(w).reshape(1500, -1))
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        set_kernel_threads(threads)
+        out = np.full((2, 1500), np.nan, np.float32)
+        few_tokens(x, m, block_code()["Q4_K"], out)
+        outs.append(out)
+    assert not np.isnan(outs[0]).any()
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
 
 
 def test_an_idle_helper_sleeps_and_the_next_product_wakes_it():
