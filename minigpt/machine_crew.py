@@ -145,7 +145,7 @@ def crew_ir() -> str:
 
 
 # --8<-- [start:crew-code]
-SPIN = 1e-3  # seconds a helper waits for work before it sleeps: a step's gaps
+SPIN = 200e-6  # seconds a helper waits for work before it sleeps: a step's gaps
 
 
 @functools.cache
