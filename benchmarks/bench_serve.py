@@ -221,11 +221,11 @@ def draw(r: dict, machine: dict) -> None:
     memory = r["bandwidth_gb_s"] * 1e9 / r["weight_bytes"]  # steps/s, reading weights
     compute = r["peak_gflops"] * 1e9 / (2 * r["weight_bytes"] / 4)  # tokens/s
     ax.plot(b, list(r["step"]["tokens_per_second"].values()), "o-",
-            label="our kernel for up to 16 rows")
+            label="our kernel")
     ax.plot(b, list(r["step_blas"]["tokens_per_second"].values()), "s-", alpha=0.6,
-            label="BLAS for every product")
+            label="BLAS only")
     ax.plot(b, [min(memory * x, compute) for x in b], "--", color="gray",
-            label="roofline: min(B x memory, compute)")
+            label="roofline")
     ax.set(xscale="log", yscale="log", xlabel="sequences in the step (B)",
            ylabel="tokens per second", xticks=b, xticklabels=[str(x) for x in b])
     ax.legend(fontsize=8)
