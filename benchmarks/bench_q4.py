@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_threads import POSITION, products, products_ms, step_ms
 from benchmarks.common import save_results, settle
-from minigpt.bench import blas_threads
 from minigpt.block_kernels import block_code, load_gguf_blocks
 from minigpt.gguf_models import load_gguf
 from minigpt.kquants import GGML_TYPES
@@ -35,7 +34,6 @@ from minigpt.quantize import quantize_model
 from minigpt.threads import set_kernel_threads
 from minigpt.weights import GPTConfig
 
-POSITION = 80
 # bytes per block, and where its float16 scales are with the value given them
 SIZES = {"Q4_K": (144, [(0, 2.0**-12), (2, 2.0**-14)]),
          "Q5_K": (176, [(0, 2.0**-13), (2, 2.0**-14)]),
@@ -91,39 +89,6 @@ def write_q4_k_m(path: Path, c: GPTConfig, seed: int = 0) -> Path:
     return path
 
 
-def step_ms(model, cache, steps: int) -> float:
-    """Median milliseconds of one decode step, BLAS on one thread."""
-    times = []
-    with blas_threads(1):
-        for _ in range(steps):
-            cache.length = POSITION  # the same step again
-            start = time.perf_counter()
-            model.forward_cached(np.array([1]), cache, last_only=True)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def products(model) -> list:
-    """The weights one decode step multiplies by, the output head last."""
-    p = model.params
-    parts = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
-    return [b[x][y]["w"] for b in p["blocks"] for x, y in parts] + [p["wte"].T]
-
-
-def products_ms(model, steps: int) -> float:
-    """Median milliseconds of one step's matrix-vector products alone."""
-    weights, times = products(model), []
-    x = np.random.default_rng(0).standard_normal(max(w.shape[0] for w in weights),
-                                                 dtype=np.float32)
-    with blas_threads(1):
-        for _ in range(steps):
-            start = time.perf_counter()
-            for w in weights:
-                x[None, :w.shape[0]] @ w
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def run(quick: bool = False) -> dict:
     rounds, steps = (2, 2) if quick else (9, 7)
     config = GPTConfig(vocab_size=1000, n_ctx=128, n_embd=256, n_layer=2,
@@ -144,15 +109,15 @@ def run(quick: bool = False) -> dict:
                 name, threads = key.rsplit("_", 1)
                 set_kernel_threads(int(threads))
                 settle()
-                runs[key].append(step_ms(models[name], caches[name], steps))
-                alone[key].append(products_ms(models[name], steps))
+                runs[key].append(step_ms(models[name], caches[name], 1, steps))
+                alone[key].append(products_ms(models[name], 1, steps))
         set_kernel_threads(1)
         step = {k: statistics.median(v) for k, v in runs.items()}
         only = {k: statistics.median(v) for k, v in alone.items()}
         results = {"shape": "GPT-2 124M (random weights)" if not quick else "quick",
                    "position": POSITION, "machine_code": bool(block_code()),
                    "step_ms": step, "step_ms_rounds": runs, "products_ms": only,
-                   "bytes": {n: sum(w.nbytes for w in products(m))
+                   "bytes": {n: sum(w.nbytes for w in products(m.params))
                              for n, m in models.items()},
                    "bits_per_weight": {k: 8 * GGML_TYPES[t].size / GGML_TYPES[t].block
                                        for k, t in (("Q4_K", 12), ("Q5_K", 13),
