@@ -40,6 +40,7 @@ from minigpt.kvcache import CachedGPT
 from minigpt.llama import LlamaModel
 from minigpt.machine_code import (
     PREFETCH,
+    address,
     compile_object,
     counted,
     declare,
@@ -366,16 +367,10 @@ class BlockKernel:
             raise ValueError(f"{self.kind} machine code: arrays of the wrong dtype, "
                              f"shape or layout for N={N}, K={K}")
         at = [address(a) for a in (raw, xq, xd, xs, CONSTANTS, out)]
-        start = np.array([*at, N, K // t.block, 0], np.int64)  # rows 0:N
-        step = np.array([raw.shape[1], 0, 0, 0, 0, 4, 0, 0, 0], np.int64)  # a row on
+        start = [*at, N, K // t.block, 0]  # rows 0:N
+        step = [raw.shape[1], 0, 0, 0, 0, 4, 0, 0, 0]  # a row on
         return start, step
 
-
-def address(a: np.ndarray) -> int:
-    """Where a's first byte is: a ctypes view of a writable array is several
-    times quicker to make than a.ctypes, which a product needs per array."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(a)) if a.flags.writeable \
-        and a.nbytes else a.ctypes.data
 
 
 @functools.cache

@@ -34,6 +34,7 @@ import numpy as np
 
 from minigpt.machine_code import (
     MachineKernel,
+    address,
     compile_object,
     counted,
     declare,
@@ -228,18 +229,17 @@ def cut(n: int, threads: int) -> np.ndarray:
     return np.array(shares(n, threads * PIECES), np.int64).reshape(-1, 2)
 
 
-def share_rows(fn: Callable, start: np.ndarray, step: np.ndarray, count: int,
+def share_rows(fn: Callable, start: list[int], step: list[int], count: int,
                n: int) -> None:
     """fn(*args) for every piece a:b of range(n), on our threads: args = start +
     a * step (9 integers or addresses), with args[count] = b - a rows."""
     threads = kernel_threads()
     pieces = cut(n, threads)
-    rows = start + pieces[:, :1] * step  # the arguments of rows a:b, one row each
-    rows[:, count] = pieces[:, 1] - pieces[:, 0]
-    if len(rows) == 1 or not crew_code():  # one thread: a plain call
-        for args in rows.tolist():
-            fn(*args[:len(fn.argtypes)])
+    if threads == 1 or len(pieces) == 1 or not crew_code():
+        fn(*start[:len(fn.argtypes)])  # one plain call for all n rows
         return
+    rows = np.array(start, np.int64) + pieces[:, :1] * np.array(step, np.int64)
+    rows[:, count] = pieces[:, 1] - pieces[:, 0]  # the arguments of rows a:b
     machine_crew(threads).run(ctypes.cast(fn, ctypes.c_void_p).value, rows)
 
 
@@ -248,9 +248,8 @@ def run_rows(kernel: MachineKernel, x: np.ndarray, xd: np.ndarray | None,
     """kernel(x, xd, q, d, out) with the rows of q shared out over our threads."""
     S = kernel.check(x, xd, q, d, out)  # once, for the whole product
     K, G = q.shape[1], 0 if d is None else d.shape[1]
-    start = np.array([x.ctypes.data, 0 if xd is None else xd.ctypes.data,
-                      q.ctypes.data, 0 if d is None else d.ctypes.data,
-                      out.ctypes.data, q.shape[0], K, len(x), S], np.int64)
-    step = np.array([0, 0, K * q.itemsize, G * 4, 4, 0, 0, 0, 0], np.int64)
+    start = [address(x), address(xd), address(q), address(d), address(out),
+             q.shape[0], K, len(x), S]
+    step = [0, 0, K * q.itemsize, G * 4, 4, 0, 0, 0, 0]
     share_rows(kernel.fn, start, step, 5, q.shape[0])  # N, the 6th, per piece
 # --8<-- [end:run-rows]
