@@ -3,8 +3,9 @@
 python -m benchmarks peers [--quick]. llama.cpp's sources come from the
 llama-cpp-python source distribution on PyPI (it vendors llama.cpp with its
 `convert_hf_to_gguf.py` and `gguf-py`), pinned by version and SHA-256 and
-fetched by pip. `llama-bench` is built with CMake once, into the git-ignored
-folder .cache/peers/ (about 10 minutes on 2 cores); later runs reuse it.
+fetched by pip. `llama-bench`, `llama-quantize` and `llama-server` (which the
+serve benchmark runs) are built with CMake once, into the git-ignored folder
+.cache/peers/ (about 10 minutes on 2 cores); later runs reuse them.
 
 Three checkpoints with random weights: GPT-2 124M's shape (transformers'
 `GPT2LMHeadModel(GPT2Config())` after `torch.manual_seed(0)`), the one the
@@ -139,23 +140,32 @@ def llama_cpp_commit() -> str:
     return match.group(1) if match else "unknown"
 
 
-def build_llama_bench(source: Path) -> Path:
-    """Build llama-bench and llama-quantize once (native CPU flags, no network
-    code); llama-bench's path (llama-quantize lies beside it)."""
+TOOLS = ("llama-bench", "llama-quantize", "llama-server")
+
+
+def build_llama_cpp(source: Path, targets: tuple[str, ...] = TOOLS) -> Path:
+    """Build llama.cpp's tools once (native CPU flags, no network code: no curl,
+    no OpenSSL, no web page fetched for the server); the folder holding them."""
     build = CACHE / f"build-{LLAMA_CPP_PYTHON}"
-    binary = build / "bin" / "llama-bench"
-    if binary.exists() and (build / "bin" / "llama-quantize").exists():
-        return binary
+    if all((build / "bin" / target).exists() for target in targets):
+        return build / "bin"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"]
-    print("[peers] building llama-bench (once; about 10 minutes on 2 cores)",
-          flush=True)
+             "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_OPENSSL=OFF",
+             "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+             "-DBUILD_SHARED_LIBS=OFF"]
+    print(f"[peers] building {', '.join(targets)} (once; about 10 minutes on 2 "
+          "cores)", flush=True)
     for command in (["cmake", "-S", str(source), "-B", str(build), *flags],
-                    ["cmake", "--build", str(build), "--target", "llama-bench",
-                     "llama-quantize", "-j", str(os.cpu_count() or 1)]):
+                    ["cmake", "--build", str(build), "--target", *targets,
+                     "-j", str(os.cpu_count() or 1)]):
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return binary
+    return build / "bin"
+
+
+def build_llama_bench(source: Path) -> Path:
+    """llama-bench's path, built with the other tools (which lie beside it)."""
+    return build_llama_cpp(source) / "llama-bench"
 
 
 def save_checkpoint(folder: Path) -> None:
