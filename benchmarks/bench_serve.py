@@ -17,23 +17,40 @@ Measured:
   prompt and up to 64 new tokens, greedy; per request the time to first token
   (TTFT) and the times between tokens (TBT), and the aggregate new tokens per
   second of the whole run (prefills included); and the aggregate decode rate
-  while streaming, N clients / the median TBT, against one client's.
+  while streaming, N clients / the median TBT, against one client's;
+- llama.cpp's `llama-server` (built by the peers benchmark, `bench_peers`) under
+  the same clients, the two servers taking turns at each client count: a GGUF F32
+  file of the same shape (random weights, converted by llama.cpp's own converter),
+  one thread, as many slots as our batch has sequences, continuous batching. Every
+  request asks to ignore the end-of-text token (our random model has none), and
+  each must stream exactly the asked number of tokens, counted by the server's own
+  `usage`, or the run stops. Skipped, with the reason recorded, in a --quick run
+  or where llama-server cannot be built or run.
 Writes benchmarks/results/serve.json and the charts batch-step and serve-load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import bench_peers
+from benchmarks.bench_peers import Skip
 from benchmarks.common import ROOT, chart_path, machine_caption, pyplot, save_results
 from minigpt.batch import batch_forward
 from minigpt.bench import (
@@ -105,16 +122,28 @@ def timed(fn) -> float:
 
 
 def one_request(client, prompt: list[int], new: int) -> dict:
-    """Stream one completion: time to first token and between tokens, in seconds."""
+    """Stream one completion: time to first token and between tokens, in seconds,
+    and the new tokens the server says it made (a chunk may hold several: a
+    server holds back the bytes of a character cut between two tokens)."""
     start = time.perf_counter()
-    stamps = []
-    for chunk in client.completions.create(model="random", prompt=prompt,
-                                           max_tokens=new, temperature=0,
-                                           stream=True):
+    stamps, tokens = [], None
+    for chunk in client.completions.create(
+            model="random", prompt=prompt, max_tokens=new, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True}):  # llama-server's; ours has no eos
         if chunk.choices and chunk.choices[0].text:
             stamps.append(time.perf_counter())
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
     return {"ttft": stamps[0] - start, "tbt": np.diff(stamps).tolist(),
-            "tokens": len(stamps)}
+            "tokens": tokens, "chunks": len(stamps)}
+
+
+def check_counts(runs: list[dict], new: int) -> None:
+    """Every request made exactly `new` tokens, or the rates would not compare."""
+    wrong = sorted({str(r["tokens"]) for r in runs if r["tokens"] != new})
+    if wrong:
+        raise RuntimeError(f"requests streamed {', '.join(wrong)} tokens, not {new}")
 
 
 def load_run(url: str, clients: int, rounds: int, new: int) -> dict:
@@ -133,12 +162,14 @@ def load_run(url: str, clients: int, rounds: int, new: int) -> dict:
     with ThreadPoolExecutor(clients) as pool:
         runs = [r for rs in pool.map(one_client, range(clients)) for r in rs]
     wall = time.perf_counter() - start
+    check_counts(runs, new)
     ttft = [r["ttft"] for r in runs]
     tbt = [t for r in runs for t in r["tbt"]]
     return {"tokens_per_second": sum(r["tokens"] for r in runs) / wall,
             "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
             "tbt_p50": percentile(tbt, 50), "tbt_p95": percentile(tbt, 95),
-            "requests": len(runs), "seconds": wall}
+            "requests": len(runs), "seconds": wall,
+            "chunks": sum(r["chunks"] for r in runs)}
 
 
 def load_in_child(url: str, clients: int, rounds: int, new: int) -> dict:
@@ -146,8 +177,153 @@ def load_in_child(url: str, clients: int, rounds: int, new: int) -> dict:
     not compete with the server's for this process's interpreter lock."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_serve", "--clients",
                           url, str(clients), str(rounds), str(new)], cwd=ROOT,
-                         capture_output=True, text=True, check=True, timeout=3600)
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"the clients at {url} failed: "
+                           f"{out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout)
+
+
+def llama_server_command(binary: Path, gguf: Path, port: int, slots: int,
+                         tokens: int) -> list[str]:
+    """llama-server on loopback: one thread, `slots` sequences batched together,
+    each with room for `tokens` (it gives a slot ctx-size / slots, in 256s)."""
+    per_slot = -(-tokens // 256) * 256
+    return [str(binary), "--model", str(gguf), "--alias", "random",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--threads", "1", "--threads-batch", "1", "--parallel", str(slots),
+            "--ctx-size", str(slots * per_slot), "--no-kv-unified",
+            "--cont-batching", "--n-gpu-layers", "0", "--offline", "--no-webui"]
+
+
+def llama_server_files() -> tuple[Path, Path]:
+    """llama-server and a GGUF F32 GPT-2 124M (random weights), made once into
+    the peers benchmark's cache; Skip saying why where they cannot be."""
+    missing = bench_peers.missing_tools()
+    if missing:
+        raise Skip(f"needs {', '.join(missing)}")
+    try:
+        source = bench_peers.fetch_sources()
+        binary = bench_peers.build_llama_cpp(source) / "llama-server"
+        gguf = bench_peers.CACHE / "serve" / "gpt2-124m-f32.gguf"
+        if not gguf.exists():
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_peers.save_checkpoint(Path(tmp) / "gpt2-124m")
+                made = bench_peers.convert(source, Path(tmp) / "gpt2-124m", "f32",
+                                           Path(tmp))
+                part = gguf.with_name(gguf.name + ".part")
+                shutil.move(made, part)
+                os.replace(part, gguf)  # whole, or not there
+    except (subprocess.CalledProcessError, OSError) as exc:
+        raise Skip(f"llama.cpp could not be built or converted: {exc}") from None
+    return binary, gguf
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path,
+               timeout: float = 300) -> None:
+    """Until llama-server's /health answers 200; Skip if it exits or is too slow."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Skip(f"llama-server exited with code {process.returncode}: "
+                       f"{log_tail(log)}")
+        try:
+            with opener.open(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):  # not listening, or 503 loading
+            pass
+        time.sleep(0.2)
+    raise Skip(f"llama-server was not ready within {timeout:.0f} s: {log_tail(log)}")
+
+
+def log_tail(log: Path) -> str:
+    lines = log.read_text("utf-8", errors="replace").strip().splitlines()
+    return " | ".join(lines[-3:]) or "(no output)"
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask a process to end; kill it if it has not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, gguf: Path, slots: int, tokens: int):
+    """llama-server running, quiet (its log in a temporary file), until the block
+    ends -> (process, its /v1 url, the command line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log, port = Path(tmp) / "llama-server.log", free_port()
+        command = llama_server_command(binary, gguf, port, slots, tokens)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(process, f"http://127.0.0.1:{port}", log)
+            yield process, f"http://127.0.0.1:{port}/v1", command
+        finally:
+            stop_process(process)
+
+
+def take_turns(url: str, clients: list[int], rounds: int, new: int,
+               llama: bool) -> tuple[dict, dict]:
+    """Our server at each client count, then llama-server at the same, so that
+    the machine's drift hits both -> (our loads, llama-server's record)."""
+    ours, theirs = {}, {}
+    try:
+        if not llama:
+            raise Skip("a quick run does not start llama-server")
+        binary, gguf = llama_server_files()
+        with llama_server(binary, gguf, max(clients), PROMPT + new) as (
+                process, other, command):
+            theirs["command"] = shlex.join(  # without this machine's folders
+                Path(a).name if a in (str(binary), str(gguf)) else a for a in command)
+            for n in clients:
+                ours[str(n)] = load_in_child(url, n, rounds, new)
+                try:
+                    theirs.setdefault("load", {})[str(n)] = load_in_child(
+                        other, n, rounds, new)
+                except RuntimeError as exc:
+                    if process.poll() is None:
+                        raise  # it runs, and answered wrong: that is no skip
+                    raise Skip(f"llama-server stopped at {n} clients: {exc}") from None
+    except Skip as why:
+        print(f"[serve] llama-server skipped: {why}", flush=True)
+        theirs = {"skipped": str(why)}
+    for n in clients:  # those llama-server did not reach
+        if str(n) not in ours:
+            ours[str(n)] = load_in_child(url, n, rounds, new)
+    return ours, theirs
+
+
+def versus_llama(ours: dict, theirs: dict, commit: str) -> dict:
+    """serve.json's llama-server entries: its record with its speed-ups, and our
+    aggregate tokens/s and TTFT p95 over its, at each client count."""
+    if "load" not in theirs:
+        return {"llama_server": theirs}
+    load = theirs["load"]
+    one = load[min(load, key=int)]["tokens_per_second"]
+    return {
+        "llama_server": {
+            "commit": commit, "llama_cpp_python": bench_peers.LLAMA_CPP_PYTHON,
+            **theirs,
+            "speedup": {n: load[n]["tokens_per_second"] / one for n in load}},
+        "vs_llama_server": {n: ours[n]["tokens_per_second"]
+                            / load[n]["tokens_per_second"] for n in load},
+        "vs_llama_server_ttft_p95": {n: ours[n]["ttft_p95"] / load[n]["ttft_p95"]
+                                     for n in load}}
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -169,9 +345,12 @@ def run(quick: bool = False) -> dict:
         gflops = peak_gflops(512 if quick else 1024)
         pool = pool_for(model, max(clients) * model.config.n_ctx // 16, 16)
         engine = Engine(Scheduler(model, IdTokenizer(), pool, max_batch=max(clients)))
+        # no end-of-text id: every request runs to its max_tokens, as llama-server's
+        if model.config.eos_token_ids:
+            raise RuntimeError("the random model must not stop early")
         server, thread, url = start_server(create_app(engine, IdTokenizer(), "random"))
         try:
-            load = {str(n): load_in_child(url, n, rounds, new) for n in clients}
+            load, llama = take_turns(url, clients, rounds, new, llama=not quick)
         finally:
             server.should_exit = True
             thread.join()
@@ -186,6 +365,8 @@ def run(quick: bool = False) -> dict:
         # while streaming, N clients each get a token every TBT: N / TBT tokens/s
         "decode_speedup": {n: int(n) * load[str(clients[0])]["tbt_p50"]
                            / load[n]["tbt_p50"] for n in load},
+        **versus_llama(load, llama, "" if "load" not in llama
+                       else bench_peers.llama_cpp_commit()),
     }
     results["targets"] = targets(results)
     save_results("serve", results, command="python -m benchmarks serve")
@@ -236,8 +417,15 @@ def draw(r: dict, machine: dict) -> None:
     plt.close(fig)
 
     n = [int(k) for k in r["load"]]
+    theirs = r.get("llama_server", {}).get("load", {})  # dashed, where measured
+    m = [int(k) for k in theirs]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6), sharex=True)
-    top.plot(n, [r["load"][str(k)]["tokens_per_second"] for k in n], "o-")
+    top.plot(n, [r["load"][str(k)]["tokens_per_second"] for k in n], "o-",
+             label="minigpt")
+    if theirs:
+        top.plot(m, [theirs[str(k)]["tokens_per_second"] for k in m], "^--",
+                 color="C3", label="llama-server")
+        top.legend(fontsize=8)
     top.set(ylabel="new tokens per second, all clients", xscale="log")
     top.set_title("The server under load (64-token prompts, 64 new tokens)",
                   fontsize=10)
@@ -245,6 +433,9 @@ def draw(r: dict, machine: dict) -> None:
         for q, alpha in (("p50", 1.0), ("p95", 0.5)):
             bottom.plot(n, [r["load"][str(k)][f"{key}_{q}"] for k in n], style,
                         alpha=alpha, label=f"{key.upper()} {q}")
+    if theirs:
+        bottom.plot(m, [theirs[str(k)]["ttft_p50"] for k in m], "^--", color="C3",
+                    label="llama TTFT p50")
     bottom.set(xscale="log", yscale="log", ylabel="seconds",
                xlabel="concurrent clients", xticks=n, xticklabels=[str(k) for k in n])
     bottom.legend(fontsize=8)
