@@ -179,7 +179,7 @@ def test_code_that_needs_relocating_is_refused():
 @needs_code
 def test_machine_code_holds_integer_and_fused_multiply_adds():
     asm = mc.compile_object(mc.kernels_ir(), assembly=True).decode()
-    assert "vpmaddwd" in asm and "vfmadd" in asm and "prefetcht0" in asm
+    assert "vpmaddwd" in asm and "vfmadd" in asm and "prefetcht1" in asm
 
 
 @needs_code
