@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from minigpt.gguf import GGUFFile, read_tensor
-from minigpt.gguf_q8_0 import load_gguf_q8_0
+from minigpt.gguf_q8_0 import as_q8_0, load_gguf_q8_0
 from minigpt.kernels import FEW, TILE, rounded
 from minigpt.kquants import GGML_TYPES
 from minigpt.kvcache import CachedGPT
@@ -601,9 +601,12 @@ BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [start:load-gguf-blocks]
 def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
     """A matrix of the file: a BlockMatrix of its bytes if its format is one
-    of KINDS, else float32 as load_gguf reads it; heads: LLaMA's q or k."""
+    of KINDS, a QuantMatrix if Q8_0, else float32 as load_gguf reads it;
+    heads: LLaMA's q or k."""
     info = gguf.tensors[name]
     kind = GGML_TYPES[info.kind].name
+    if kind == "Q8_0" and len(info.shape) == 2:  # kept as stored, not widened
+        return as_q8_0(gguf, name, heads)
     packed = kind in KINDS and len(info.shape) == 2
     x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
         info.shape[0], -1) if packed else read_tensor(gguf, name)
@@ -614,6 +617,6 @@ def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
 
 def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
     """A model from a .gguf file, its matrices in the formats of KINDS packed,
-    others as load_gguf reads them."""
+    Q8_0 ones as chapter 33 keeps them, others as load_gguf reads them."""
     return load_gguf_q8_0(path, matrix=block_matrix)
 # --8<-- [end:load-gguf-blocks]
