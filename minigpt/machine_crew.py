@@ -15,7 +15,9 @@ queue, so an idle program uses no processor; while it waits it gives the process
 away (`sched_yield`) every few microseconds, so a busy machine's other programs
 run, and it never waits while BLAS runs a prompt (those products go to chapter
 23's crew). Two tables take turns, and a piece is claimed by flipping its own
-flag, so a helper running late can never run a piece twice or miss one.
+flag, so a helper running late can never run a piece twice or miss one. A caller
+that spent most of a product waiting for a helper the system had stopped (a busy
+machine) runs the next products alone, then tries the helpers again.
 
 Leaves out on purpose: pinning threads to cores, and machines other than Linux on
 x86-64 (there the Python crew of chapter 23 runs everything).
@@ -111,7 +113,8 @@ def pieces_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
 
 
 def crew_ir() -> str:
-    """The module: i64 worker(ctrl, seen, rounds, give) and void join(table, give)."""
+    """The module: i64 worker(ctrl, seen, rounds, give) and i64 join(table, give),
+    which returns the share of its time it waited for the helpers (per mille)."""
     i64 = ir.IntType(64)
     p64, give = i64.as_pointer(), ir.FunctionType(ir.IntType(32), []).as_pointer()
     module = ir.Module("minigpt_crew")
@@ -134,13 +137,18 @@ def crew_ir() -> str:
             with idle:
                 builder.ret(builder.load(last))
     builder.ret(builder.load(last))
-    join = ir.Function(module, ir.FunctionType(ir.VoidType(), [p64, give]),
-                       "minigpt_join")
+    join = ir.Function(module, ir.FunctionType(i64, [p64, give]), "minigpt_join")
     table, yield_ = join.args
     builder = ir.IRBuilder(join.append_basic_block())
+    clock = declare(module, "llvm.readcyclecounter", i64, [])  # x86's rdtsc
+    start = builder.call(clock, [])
     builder.call(run, [table])  # the caller works too, then waits for the rest
+    done = builder.call(clock, [])
     wait_ir(builder, builder.gep(table, [i64(1)]), i64(0), False, i64(1 << 62), yield_)
-    builder.ret_void()
+    end = builder.call(clock, [])
+    # the share of its time the caller spent waiting for helpers, per thousand
+    builder.ret(builder.udiv(builder.mul(builder.sub(end, done), i64(1000)),
+                             builder.add(builder.sub(end, start), i64(1))))
     return str(module)
 # --8<-- [end:crew-ir]
 
@@ -160,7 +168,7 @@ def crew_code() -> dict:
     memory, base = executable(code)
     p, i, give = ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p
     worker = ctypes.CFUNCTYPE(i, p, i, i, give)(base + starts["minigpt_worker"])
-    join = ctypes.CFUNCTYPE(None, p, give)(base + starts["minigpt_join"])
+    join = ctypes.CFUNCTYPE(i, p, give)(base + starts["minigpt_join"])
     libc = ctypes.CDLL(None)
     give_way = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
     ctrl = np.zeros(3, np.int64)  # nothing is ever posted: worker waits, returns
@@ -173,12 +181,18 @@ def crew_code() -> dict:
 
 
 # --8<-- [start:machine-crew]
+# a caller that waited for its helpers more than half the time they shared a
+# product was kept waiting by a helper the system had stopped (a busy machine):
+# the next ALONE products run on the caller alone, then the helpers are tried again
+HELD, ALONE = 500, 200
+
+
 class MachineCrew:
     """n - 1 helpers waiting in machine code; the caller is the n-th."""
 
     def __init__(self, n: int):
         most = n * PIECES  # split_rows' largest number of pieces
-        self.size, self.code = n, crew_code()
+        self.size, self.code, self.alone = n, crew_code(), 0
         self.tables = [np.zeros(HEAD + most * ROW, np.int64) for _ in range(2)]
         self.ctrl = np.array([0, *(t.ctypes.data for t in self.tables)], np.int64)
         self.asleep = [threading.Event() for _ in range(n - 1)]
@@ -208,11 +222,16 @@ class MachineCrew:
         table[:3] = 0, n, kernel
         table[0] = n  # after the rows: a helper that sees n sees them too
         pieces[:, 0] = 0  # each piece free to claim, last
+        if self.alone:  # not posted: the caller runs every piece itself
+            self.alone -= 1
+            self.code["join"](table.ctypes.data, self.code["yield"])
+            return
         self.ctrl[0] = g  # posted
         for asleep, wake in zip(self.asleep, self.wake, strict=True):
             if asleep.is_set():
                 wake.put(None)
-        self.code["join"](table.ctypes.data, self.code["yield"])
+        if self.code["join"](table.ctypes.data, self.code["yield"]) > HELD:
+            self.alone = ALONE
 # --8<-- [end:machine-crew]
 
 

@@ -130,3 +130,44 @@ def test_an_idle_helper_sleeps_and_the_next_product_wakes_it():
     assert mcrew.machine_crew(2).asleep[0].is_set()
     alone, shared = alone_and_shared(*product)
     np.testing.assert_array_equal(shared, alone)
+
+
+def test_join_reports_the_share_of_time_it_waited():
+    """join returns how much of its time the caller waited for helpers, per mille:
+    none when it ran every piece itself (nothing posted)."""
+    crew = MachineCrew(2)
+    kernel, x, xd, q, d = operands("q8_0", 2304, 768, 1)
+    table = crew.tables[1]
+    rows = np.array([[x.ctypes.data, xd.ctypes.data, q.ctypes.data, d.ctypes.data,
+                      0, 0, 768, 1, 2304]], np.int64)
+    out = np.full((1, 2304), np.nan, np.float32)
+    rows[0, 4], rows[0, 5] = out.ctypes.data, 2304
+    table[mcrew.HEAD:mcrew.HEAD + mcrew.ROW] = [0, *rows[0]]
+    table[:3] = 1, 1, kernel.address
+    waited = crew.code["join"](table.ctypes.data, crew.code["yield"])
+    assert waited == 0 and not np.isnan(out).any()
+
+
+def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch):
+    """When join says the caller mostly waited (a helper the system stopped), the
+    next ALONE products are not posted to the helpers; then they are again."""
+    set_kernel_threads(2)
+    crew = mcrew.machine_crew(2)
+    said = []
+    real = crew.code["join"]
+
+    def join(table, give):  # runs the product, then claims a long wait once
+        real(table, give)
+        said.append(len(said))
+        return 900 if len(said) == 1 else 0
+    monkeypatch.setattr(crew, "code", {**crew.code, "join": join})
+    product = operands("q8_0", 2304, 768, 1)
+    alone_and_shared(*product)
+    assert crew.alone == mcrew.ALONE
+    posted = int(crew.ctrl[0])
+    for _ in range(mcrew.ALONE):
+        a, shared = alone_and_shared(*product)
+        np.testing.assert_array_equal(shared, a)
+    assert int(crew.ctrl[0]) == posted and crew.alone == 0  # none posted
+    alone_and_shared(*product)
+    assert int(crew.ctrl[0]) == posted + 1  # posted again
