@@ -103,15 +103,31 @@ def lane_sum(builder: ir.IRBuilder, vector: ir.Value) -> ir.Value:
 PREFETCH = 8192  # bytes, about ten GPT-2 rows ahead: measured, not derived
 
 
+def byte_dots(builder: "ir.IRBuilder", u: "ir.Value", v: "ir.Value",  # noqa: UP037
+              vnni: bool) -> "ir.Value":  # noqa: UP037
+    """8 int32: u's 32 bytes (unsigned) times v's (signed), added in fours."""
+    module, v32i8 = builder.module, ir.VectorType(ir.IntType(8), 32)
+    v16i16, v8i32 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    if vnni:  # one instruction (vpdpbusd), adding to zeros
+        dot = declare(module, "llvm.x86.avx512.vpdpbusd.256", v8i32,
+                      [v8i32, v32i8, v32i8])
+        return builder.call(dot, [ir.Constant(v8i32, None), u, v])
+    pairs = declare(module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+    madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+    # added in pairs into int16 (vpmaddubsw), then those in pairs times -1
+    # (vpmaddwd): all bits set is the one vector made without a constant
+    minus = builder.call(madd, [builder.call(pairs, [u, v]),
+                                ir.Constant(v16i16, [-1] * 16)])
+    return builder.neg(minus)
+
+
 # the annotations in quotes: without llvmlite, a session that pastes this still runs
 def row_dot_ir(module: "ir.Module", vnni: bool) -> "ir.Function":  # noqa: UP037
     """An LLVM function: sum over g of s[g] * t[g] * (w[32g:32g+32] . x[32g:32g+32]).
     w: G*32 int8, s: G float32, x: G*32 int8 in [-127, 127], t: G float32, G
     -> float32. vnni: use vpdpbusd (the processor must have it), else AVX2 alone"""
-    i1, i8, i16, i32, i64, f32 = (ir.IntType(1), ir.IntType(8), ir.IntType(16),
-                                  ir.IntType(32), ir.IntType(64), ir.FloatType())
-    v32i8, v16i16 = ir.VectorType(i8, 32), ir.VectorType(i16, 16)
-    v8i32, v8f32 = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
+    i1, i8, i64, f32 = ir.IntType(1), ir.IntType(8), ir.IntType(64), ir.FloatType()
+    v32i8, v8f32 = ir.VectorType(i8, 32), ir.VectorType(f32, 8)
     fn = declare(module, "minigpt_q8_0_row_dot", f32, [
         i8.as_pointer(), f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i64])
     if not fn.is_declaration:
@@ -123,35 +139,32 @@ def row_dot_ir(module: "ir.Module", vnni: bool) -> "ir.Function":  # noqa: UP037
     size = declare(module, "llvm.abs.v32i8", v32i8, [v32i8, i1])  # vpabsb
     # x negated where w < 0, zeroed where w = 0: |w| * that = w * x (vpsignb)
     sign = declare(module, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
+    fma = declare(module, "llvm.fma.v8f32", v8f32, [v8f32] * 3)  # a * b + c
+    sums = [builder.alloca(v8f32) for _ in range(2)]  # two chains of adds
+    for acc in sums:
+        builder.store(ir.Constant(v8f32, None), acc)  # zeros
 
-    def fours(u: ir.Value, v: ir.Value) -> ir.Value:
-        """8 int32: u's bytes (unsigned) times v's (signed), added in fours."""
-        if vnni:  # one instruction (vpdpbusd), adding to zeros
-            dot = declare(module, "llvm.x86.avx512.vpdpbusd.256", v8i32,
-                          [v8i32, v32i8, v32i8])
-            return builder.call(dot, [ir.Constant(v8i32, None), u, v])
-        pairs = declare(module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
-        madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
-        # added in pairs into int16 (vpmaddubsw), then those in pairs times -1
-        # (vpmaddwd): all bits set is the one vector made without a constant
-        minus = builder.call(madd, [builder.call(pairs, [u, v]),
-                                    ir.Constant(v16i16, [-1] * 16)])
-        return builder.neg(minus)
-    acc = builder.alloca(v8f32)
-    builder.store(ir.Constant(v8f32, None), acc)  # zeros
-    with counted(builder, G) as g:
-        start = builder.mul(g, i64(32))  # the group's first number
-        prefetch(builder, builder.gep(w, [builder.add(start, i64(PREFETCH))]))
-        wv, xv = (builder.load(builder.bitcast(builder.gep(p, [start]),
-                                               v32i8.as_pointer()), align=1)
-                  for p in (w, x))
+    def group(g: ir.Value, acc: ir.Value) -> None:
+        """Group g's integer dot, times its two scales, added into acc."""
+        wv, xv = (builder.load(builder.bitcast(builder.gep(p, [builder.mul(
+            g, i64(32))]), v32i8.as_pointer()), align=1) for p in (w, x))
         # exact: a sum of 4 products is at most 4 * 128 * 127 in magnitude
-        dots = fours(builder.call(size, [wv, i1(0)]), builder.call(sign, [xv, wv]))
+        dots = byte_dots(builder, builder.call(size, [wv, i1(0)]),
+                         builder.call(sign, [xv, wv]), vnni)
         scale = builder.fmul(builder.load(builder.gep(s, [g])),
                              builder.load(builder.gep(t, [g])))
-        term = builder.fmul(builder.sitofp(dots, v8f32), splat(builder, scale, 8))
-        builder.store(builder.fadd(builder.load(acc), term), acc)
-    builder.ret(lane_sum(builder, builder.load(acc)))
+        builder.store(builder.call(fma, [builder.sitofp(dots, v8f32), splat(
+            builder, scale, 8), builder.load(acc)]), acc)
+    with counted(builder, builder.udiv(G, i64(2))) as pair:  # a cache line a step
+        g = builder.mul(pair, i64(2))
+        prefetch(builder, builder.gep(w, [builder.add(builder.mul(g, i64(32)),
+                                                      i64(PREFETCH))]))
+        for k, acc in enumerate(sums):
+            group(builder.add(g, i64(k)), acc)
+    with counted(builder, builder.urem(G, i64(2))):  # the last group of an odd G
+        group(builder.sub(G, i64(1)), sums[0])
+    total = builder.fadd(builder.load(sums[0]), builder.load(sums[1]))
+    builder.ret(lane_sum(builder, total))
     return fn
 # --8<-- [end:q8-0-integer-dot]
 
