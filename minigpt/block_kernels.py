@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from minigpt.gguf import GGUFFile, read_tensor
-from minigpt.gguf_q8_0 import load_gguf_q8_0
+from minigpt.gguf_q8_0 import as_q8_0, load_gguf_q8_0
 from minigpt.kernels import FEW, TILE, rounded
 from minigpt.kquants import GGML_TYPES
 from minigpt.kvcache import CachedGPT
@@ -152,7 +152,8 @@ def activations(kind: str, x: np.ndarray) -> tuple:
     if kind.endswith("K"):  # by machine code where exercise 5 built some
         return (ROUNDERS.get("Q8_K", lambda: None)() or q8_k)(x)
     xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
-    return xq.astype(np.int16), xd, xq.reshape(len(x), -1, 32).sum(2, dtype=np.int16)
+    xq = xq.astype(np.int8, copy=False)  # its numbers fit in a byte
+    return xq, xd, xq.reshape(len(x), -1, 32).sum(2, dtype=np.int16)
 
 
 def tiles(x: np.ndarray, w: BlockMatrix, out: np.ndarray):
@@ -272,29 +273,31 @@ def q4_k_block(builder, b, x, xd, xs, k):
 # --8<-- [start:block-rows-ir]
 BLOCKS = {"Q4_K": q4_k_block}  # kind -> its block's IR; more are added below
 # per kind: the token's numbers, and how many int16 sums a block has
-ACTIVATIONS = {k: (np.int8, 16) for k in KINDS} | {
-    "Q4_0": (np.int16, 1), "Q5_0": (np.int16, 1)}
+ACTIVATIONS = {k: (np.int8, 16) for k in KINDS} | {"Q4_0": (np.int8, 1),
+                                                   "Q5_0": (np.int8, 1)}
 # the constants the blocks need, passed in memory: a vector or float constant in
 # the code would be loaded from a data section, which elf_text refuses
 PICK = [[514 * j + 256] * 16 for j in range(8)]  # bytes 2j, 2j + 1: lane j, everywhere
 PICK6 = [[1028 * s + 256] * 8 + [1028 * s + 770] * 8 for s in range(4)]  # 2s; 2s + 1
-CONSTANTS = np.array([1 << j for j in range(15)] + [-32768, 0x0F0F, 0x0303, 1, 16,
-                     0x0101] + sum(PICK + PICK6, []), np.int16)
+BITS = np.array([[j // 8 for j in range(32)], [1 << j % 8 for j in range(32)]],
+                np.uint8).view(np.int16).tolist()  # Q5_0's: bit j's byte; bit j
+CONSTANTS = np.array([0x0F0F, 0x0303, 1, 16, 0x0101, 0x1010] + sum(
+    PICK + PICK6 + BITS, []), np.int16)
 
 
 def constants(builder, table) -> dict:
-    """In 16 int16 lanes: 1 << j in lane j; 15, 3 and 1 in each byte; 1; 16.
-    In 32 bytes: vpshufb's positions for each sub-block's scale."""
+    """In 16 int16 lanes: 15, 3 and 1 in each byte; 1; 16; 1 and 16 in each byte.
+    In 32 bytes: vpshufb's positions for each sub-block's scale, and Q5_0's bits."""
     i16, i64, v32 = ir.IntType(16), ir.IntType(64), ir.VectorType(ir.IntType(8), 32)
 
     def at(i: int, t=i16):  # a number, or a vector, from table[i] on
         return builder.load(builder.bitcast(builder.gep(table, [i64(i)]),
                                             t.as_pointer()), align=2)
-    names = [f"pick {j}" for j in range(8)] + [f"pick6 {s}" for s in range(4)]
-    k = {name: at(21 + 16 * i, v32) for i, name in enumerate(names)}
-    return k | {"lanes": at(0, ir.VectorType(i16, 16))} | {name: splat(
-        builder, at(i), 16) for i, name in ((16, "15"), (17, "3"), (18, "1"),
-                                            (19, "16"), (20, "bit"))}
+    names = [f"pick {j}" for j in range(8)] + [f"pick6 {s}" for s in range(4)] + [
+        "byte of bit j", "bit j"]
+    k = {name: at(6 + 16 * i, v32) for i, name in enumerate(names)}
+    return k | {name: splat(builder, at(i), 16) for i, name in enumerate(
+        ("15", "3", "1", "16", "1 bytes", "16 bytes"))}
 
 
 def block_rows_ir(module, kind: str):
@@ -526,8 +529,8 @@ def q5_k_block(builder, b, x, xd, xs, k):
         v16 = builder.bitcast(fifth, k["1"].type)
         v16 = builder.shl(v16, v16.type([4 - j] * 16)) if j < 4 else \
             builder.lshr(v16, v16.type([j - 4] * 16))
-        top = builder.and_(builder.bitcast(v16, q.type), builder.bitcast(
-            builder.shl(k["bit"], k["1"].type([4] * 16)), q.type))  # 16 a byte
+        top = builder.and_(builder.bitcast(v16, q.type),
+                           builder.bitcast(k["16 bytes"], q.type))
         term = madd_bytes(builder, builder.or_(q, top), x, 32 * j,
                           picked(builder, sc, k[f"pick {j}"]))
         dot = term if dot is None else builder.add(dot, term)
@@ -539,22 +542,26 @@ BLOCKS["Q5_K"] = q5_k_block
 
 
 # --8<-- [start:q5-0-q4-0-block]
-def nibbles(builder, base, offset: int, k, high: bool):
-    """The low (or high) nibbles of 16 bytes at `offset`, in 16 int16 lanes. The
-    high ones are shifted in 8 int16 lanes and masked by k["15"], from memory: a
-    shift of bytes would need a mask that LLVM keeps in a data section."""
-    v, v8 = vector_at(builder, base, offset, 16, 8), ir.VectorType(ir.IntType(16), 8)
-    if high:
-        v = builder.bitcast(builder.lshr(builder.bitcast(v, v8), v8([4] * 8)), v.type)
-    mask = builder.shuffle_vector(builder.bitcast(k["15"], ir.VectorType(
-        v.type.element, 32)), ir.Constant(ir.VectorType(v.type.element, 32), None),
-        ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16))))
-    return builder.zext(builder.and_(v, mask), ir.VectorType(ir.IntType(16), 16))
+def nibbles32(builder, b, offset: int, k):
+    """16 bytes at `offset` -> their 32 nibbles as bytes: the low ones, then the
+    high ones (ggml's order: value j and value j + 16 share byte j)."""
+    def lanes(*at):  # a shuffle's lane numbers
+        return ir.Constant(ir.VectorType(ir.IntType(32), 32), [*at[0], *at[1]])
+    v = vector_at(builder, b, offset, 16, 8)  # not 32: the last block ends the rows
+    v = builder.shuffle_vector(v, v, lanes(range(16), range(16)))  # twice
+    low, high = (byte_shift(builder, v, n, k, "15") for n in (0, 4))
+    return builder.shuffle_vector(low, high, lanes(range(16), range(48, 64)))
 
 
-def madd(builder, q, x, value: int):
-    """8 int32: pairs of q (16 int16) times x[value:value + 16] (int16), added."""
-    return madd_words(builder, q, vector_at(builder, x, 2 * value, 16, 16))
+def fifth_bits(builder, b, k):
+    """Q5_0's 32 fifth bits (4 bytes at 2) as 32 bytes: 16 where set, else 0."""
+    v32 = ir.VectorType(ir.IntType(8), 32)
+    bits = builder.extract_element(vector_at(builder, b, 2, 1, 32), ir.IntType(32)(0))
+    shuffle = declare(builder.module, "llvm.x86.avx2.pshuf.b", v32, [v32, v32])
+    spread = builder.call(shuffle, [builder.bitcast(splat(builder, bits, 8), v32),
+                                    k["byte of bit j"]])  # byte j: bit j's byte
+    on = builder.icmp_unsigned("!=", builder.and_(spread, k["bit j"]), v32(None))
+    return builder.and_(builder.sext(on, v32), builder.bitcast(k["16 bytes"], v32))
 
 
 def minus_sum(builder, dot, xs, shift: int):
@@ -567,33 +574,22 @@ def minus_sum(builder, dot, xs, shift: int):
 
 
 def q5_0_block(builder, b, x, xd, xs, k):
-    """One Q5_0 block (22 bytes) against 32 activations: value = nibble +
+    """One Q5_0 block (22 bytes) against 32 int8 activations: value = nibble +
     16 * fifth bit - 16, the -16 taken as -16 * sum(x) once, in integers."""
-    d = half_at(builder, b, 0)
-    bits = vector_at(builder, b, 2, 1, 32)
-    bits = builder.extract_element(bits, ir.IntType(32)(0))  # bit j: value j
-    i16, dot = ir.IntType(16), None
-    for e in (0, 16):
-        nib = nibbles(builder, b, 6, k, e == 16)  # value j < 16: byte j's low nibble
-        these = builder.trunc(builder.lshr(bits, bits.type(e)), i16)
-        # lane j of `lanes` holds 1 << j: set where value j's fifth bit is
-        on = builder.icmp_unsigned("!=", builder.and_(splat(builder, these, 16),
-                                                      k["lanes"]), nib.type(None))
-        fifth = builder.and_(builder.sext(on, nib.type), k["16"])
-        term = madd(builder, builder.or_(nib, fifth), x, e)
-        dot = term if dot is None else builder.add(dot, term)
-    return [(minus_sum(builder, dot, xs, 4), builder.fmul(d, builder.load(xd)))]
+    q = builder.or_(nibbles32(builder, b, 6, k), fifth_bits(builder, b, k))  # 0..31
+    dot = madd_bytes(builder, q, x, 0, k["1"])  # unsigned bytes times signed
+    return [(minus_sum(builder, dot, xs, 4),
+             builder.fmul(half_at(builder, b, 0), builder.load(xd)))]
 
 
 def q4_0_block(builder, b, x, xd, xs, k):
-    """One Q4_0 block (18 bytes) against 32 activations: value = nibble - 8,
+    """One Q4_0 block (18 bytes) against 32 int8 activations: value = nibble - 8,
     the -8 as -8 * sum(x)."""
-    d, dot = half_at(builder, b, 0), None
-    for e in (0, 16):
-        nib = nibbles(builder, b, 2, k, e == 16)
-        term = madd(builder, nib, x, e)
-        dot = term if dot is None else builder.add(dot, term)
-    return [(minus_sum(builder, dot, xs, 3), builder.fmul(d, builder.load(xd)))]
+    dot = madd_bytes(builder, nibbles32(builder, b, 2, k), x, 0, k["1"])
+    return [(minus_sum(builder, dot, xs, 3),
+             builder.fmul(half_at(builder, b, 0), builder.load(xd)))]
+
+
 BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [end:q5-0-q4-0-block]
 
@@ -601,9 +597,12 @@ BLOCKS |= {"Q5_0": q5_0_block, "Q4_0": q4_0_block}
 # --8<-- [start:load-gguf-blocks]
 def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
     """A matrix of the file: a BlockMatrix of its bytes if its format is one
-    of KINDS, else float32 as load_gguf reads it; heads: LLaMA's q or k."""
+    of KINDS, a QuantMatrix if Q8_0, else float32 as load_gguf reads it;
+    heads: LLaMA's q or k."""
     info = gguf.tensors[name]
     kind = GGML_TYPES[info.kind].name
+    if kind == "Q8_0" and len(info.shape) == 2:  # kept as stored, not widened
+        return as_q8_0(gguf, name, heads)
     packed = kind in KINDS and len(info.shape) == 2
     x = gguf.data[info.offset:info.offset + info.nbytes].reshape(
         info.shape[0], -1) if packed else read_tensor(gguf, name)
@@ -614,6 +613,6 @@ def block_matrix(gguf: GGUFFile, name: str, heads: int | None = None):
 
 def load_gguf_blocks(path: str | Path) -> LlamaModel | CachedGPT:
     """A model from a .gguf file, its matrices in the formats of KINDS packed,
-    others as load_gguf reads them."""
+    Q8_0 ones as chapter 33 keeps them, others as load_gguf reads them."""
     return load_gguf_q8_0(path, matrix=block_matrix)
 # --8<-- [end:load-gguf-blocks]

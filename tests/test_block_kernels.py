@@ -21,7 +21,7 @@ from minigpt.block_kernels import (
 )
 from minigpt.gguf_models import load_gguf
 from minigpt.kquants import GGML_TYPES, quantize_q4_0, quantize_q4_k
-from minigpt.quantize import dequantize, quantize_groups
+from minigpt.quantize import QuantMatrix, dequantize, quantize_groups
 from minigpt.threads import set_kernel_threads
 from tests.reference import require
 
@@ -280,7 +280,7 @@ def test_cli_generates_from_a_q4_k_m_gguf(tmp_path, capsys):
 @pytest.mark.reference
 def test_walks_over_params_pass_a_packed_model_through(tmp_path):
     from minigpt.kernels import kernel_model
-    from minigpt.quantize import QuantMatrix, quantize_model
+    from minigpt.quantize import quantize_model
     from minigpt.threads import threaded_model
 
     path = tmp_path / "q4.gguf"
@@ -314,13 +314,16 @@ def test_a_llama_gguf_in_32_value_blocks_loads_packed(tmp_path, kind):
         QUANTISE.pop("Q5_0", None)
     packed, floats = load_gguf_blocks(path), load_gguf(path)
     q = packed.params["layers"][0]["self_attn"]["q_proj"]
-    if kind == "Q8_0":  # not a format of KINDS: float32, as load_gguf reads it
-        assert isinstance(q, np.ndarray)
+    if kind == "Q8_0":  # kept as stored, as chapter 34's loader keeps it
+        assert isinstance(q, QuantMatrix) and q.scheme == "q8_0" and q.transposed
     else:
         assert isinstance(q, BlockMatrix) and q.kind == kind and q.transposed
     ids = np.arange(1, 40)
     want = floats.forward(ids)  # q and k rows reordered there after decoding
-    assert np.abs(packed.forward(ids) - want).max() <= 1e-4 * np.abs(want).max()
+    # Q8_0 rounds the activations to Q8_0 too, as llama.cpp does; the 4-bit
+    # kernels match decoded weights times the token's own rounding closely
+    bound = 3e-2 if kind == "Q8_0" else 1e-4
+    assert np.abs(packed.forward(ids) - want).max() <= bound * np.abs(want).max()
 
 
 @pytest.mark.parametrize("cpu", ["haswell", "znver1", "skylake-avx512"])
