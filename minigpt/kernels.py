@@ -70,7 +70,7 @@ def quantized_matmul(x: np.ndarray, w) -> np.ndarray:
 
 def rounded(x: np.ndarray, code: dict) -> tuple[np.ndarray, np.ndarray]:
     """x's Q8_0 numbers and scales, by our machine code where there is some.
-    x: (T, K) float32 -> (T, K) int16 or int8, (T, K/32) float32"""
+    x: (T, K) float32 -> (T, K) int8, (T, K/32) float32"""
     if "q8_0 rounding" not in code or x.shape[1] % 32:
         return quantize_groups(x, 32)
     xq, xd = code["q8_0 rounding"](x)

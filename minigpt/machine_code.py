@@ -41,7 +41,8 @@ except ImportError:  # no llvmlite: the kernels' NumPy paths still work
     ir = None
 
 __all__ = ["MachineKernel", "MachineRounding", "address", "compile_object", "elf_text",
-           "executable", "in_child", "kernels_ir", "machine_code", "this_processor"]
+           "executable", "has_vnni", "in_child", "kernels_ir", "machine_code",
+           "this_processor"]
 
 # --8<-- [start:llvm-ir-loop]
 @contextmanager
@@ -102,43 +103,68 @@ def lane_sum(builder: ir.IRBuilder, vector: ir.Value) -> ir.Value:
 PREFETCH = 8192  # bytes, about ten GPT-2 rows ahead: measured, not derived
 
 
+def byte_dots(builder: "ir.IRBuilder", u: "ir.Value", v: "ir.Value",  # noqa: UP037
+              vnni: bool) -> "ir.Value":  # noqa: UP037
+    """8 int32: u's 32 bytes (unsigned) times v's (signed), added in fours."""
+    module, v32i8 = builder.module, ir.VectorType(ir.IntType(8), 32)
+    v16i16, v8i32 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    if vnni:  # one instruction (vpdpbusd), adding to zeros
+        dot = declare(module, "llvm.x86.avx512.vpdpbusd.256", v8i32,
+                      [v8i32, v32i8, v32i8])
+        return builder.call(dot, [ir.Constant(v8i32, None), u, v])
+    pairs = declare(module, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+    madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
+    # added in pairs into int16 (vpmaddubsw), then those in pairs times -1
+    # (vpmaddwd): all bits set is the one vector made without a constant
+    minus = builder.call(madd, [builder.call(pairs, [u, v]),
+                                ir.Constant(v16i16, [-1] * 16)])
+    return builder.neg(minus)
+
+
 # the annotations in quotes: without llvmlite, a session that pastes this still runs
-def row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
+def row_dot_ir(module: "ir.Module", vnni: bool) -> "ir.Function":  # noqa: UP037
     """An LLVM function: sum over g of s[g] * t[g] * (w[32g:32g+32] . x[32g:32g+32]).
-    w: G*32 int8, s: G float32, x: G*32 int16, t: G float32, G -> float32"""
-    i8, i16, i32, i64, f32 = (ir.IntType(8), ir.IntType(16), ir.IntType(32),
-                              ir.IntType(64), ir.FloatType())
-    v16i8, v16i16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
-    v8i32, v8f32 = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
+    w: G*32 int8, s: G float32, x: G*32 int8 in [-127, 127], t: G float32, G
+    -> float32. vnni: use vpdpbusd (the processor must have it), else AVX2 alone"""
+    i1, i8, i64, f32 = ir.IntType(1), ir.IntType(8), ir.IntType(64), ir.FloatType()
+    v32i8, v8f32 = ir.VectorType(i8, 32), ir.VectorType(f32, 8)
     fn = declare(module, "minigpt_q8_0_row_dot", f32, [
-        i8.as_pointer(), f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i64])
+        i8.as_pointer(), f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i64])
     if not fn.is_declaration:
         return fn  # built already, for another kernel of this module
     fn.linkage = "internal"  # called only from this module: no symbol to look up
     fn.attributes.add("noinline")  # one row per call: no loop may be reordered
     w, s, x, t, G = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
-    # 16 int16 pairs multiplied and added in pairs: 8 int32 (x86's vpmaddwd)
-    madd = declare(module, "llvm.x86.avx2.pmadd.wd", v8i32, [v16i16, v16i16])
-    acc = builder.alloca(v8f32)
-    builder.store(ir.Constant(v8f32, None), acc)  # zeros
-    with counted(builder, G) as g:
-        start = builder.mul(g, i64(32))  # the group's first number
-        prefetch(builder, builder.gep(w, [builder.add(start, i64(PREFETCH))]))
-        dots = None
-        for half in (0, 16):  # a group of 32 is two vectors of 16
-            at = builder.add(start, i64(half))
-            wv = builder.load(builder.bitcast(builder.gep(w, [at]),
-                                              v16i8.as_pointer()), align=1)
-            xv = builder.load(builder.bitcast(builder.gep(x, [at]),
-                                              v16i16.as_pointer()), align=2)
-            pair = builder.call(madd, [builder.sext(wv, v16i16), xv])
-            dots = pair if dots is None else builder.add(dots, pair)  # exact
+    size = declare(module, "llvm.abs.v32i8", v32i8, [v32i8, i1])  # vpabsb
+    # x negated where w < 0, zeroed where w = 0: |w| * that = w * x (vpsignb)
+    sign = declare(module, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
+    fma = declare(module, "llvm.fma.v8f32", v8f32, [v8f32] * 3)  # a * b + c
+    sums = [builder.alloca(v8f32) for _ in range(2)]  # two chains of adds
+    for acc in sums:
+        builder.store(ir.Constant(v8f32, None), acc)  # zeros
+
+    def group(g: ir.Value, acc: ir.Value) -> None:
+        """Group g's integer dot, times its two scales, added into acc."""
+        wv, xv = (builder.load(builder.bitcast(builder.gep(p, [builder.mul(
+            g, i64(32))]), v32i8.as_pointer()), align=1) for p in (w, x))
+        # exact: a sum of 4 products is at most 4 * 128 * 127 in magnitude
+        dots = byte_dots(builder, builder.call(size, [wv, i1(0)]),
+                         builder.call(sign, [xv, wv]), vnni)
         scale = builder.fmul(builder.load(builder.gep(s, [g])),
                              builder.load(builder.gep(t, [g])))
-        term = builder.fmul(builder.sitofp(dots, v8f32), splat(builder, scale, 8))
-        builder.store(builder.fadd(builder.load(acc), term), acc)
-    builder.ret(lane_sum(builder, builder.load(acc)))
+        builder.store(builder.call(fma, [builder.sitofp(dots, v8f32), splat(
+            builder, scale, 8), builder.load(acc)]), acc)
+    with counted(builder, builder.udiv(G, i64(2))) as pair:  # a cache line a step
+        g = builder.mul(pair, i64(2))
+        prefetch(builder, builder.gep(w, [builder.add(builder.mul(g, i64(32)),
+                                                      i64(PREFETCH))]))
+        for k, acc in enumerate(sums):
+            group(builder.add(g, i64(k)), acc)
+    with counted(builder, builder.urem(G, i64(2))):  # the last group of an odd G
+        group(builder.sub(G, i64(1)), sums[0])
+    total = builder.fadd(builder.load(sums[0]), builder.load(sums[1]))
+    builder.ret(lane_sum(builder, total))
     return fn
 # --8<-- [end:q8-0-integer-dot]
 
@@ -180,11 +206,13 @@ def int8_row_dot_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
 
 
 # --8<-- [start:rows-ir]
-def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
+def rows_ir(module: "ir.Module", scheme: str,  # noqa: UP037
+            vnni: bool = False) -> "ir.Function":  # noqa: UP037
     """void minigpt_<scheme>_rows(x, xd, q, d, out, N, K, T, S): out[t*S + n] =
     row n of W times row t of x, for t < T and n < N. The arguments are pointers
-    to the arrays (xd and d: the scales), then the sizes (S: out's row stride)."""
-    i8, i16, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(64), ir.FloatType()
+    to the arrays (xd and d: the scales), then the sizes (S: out's row stride).
+    vnni: as row_dot_ir's (the default, False, runs on any processor with AVX2)"""
+    i8, i64, f32 = ir.IntType(8), ir.IntType(64), ir.FloatType()
     ptr, fp = i8.as_pointer(), f32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
         ptr, fp, ptr, fp, fp, i64, i64, i64, i64]), f"minigpt_{scheme}_rows")
@@ -193,9 +221,9 @@ def rows_ir(module: "ir.Module", scheme: str) -> "ir.Function":  # noqa: UP037
     G = builder.udiv(K, i64(32))
     with counted(builder, N) as n, counted(builder, T) as t:  # a row, every token
         w = builder.gep(q, [builder.mul(n, K)])  # &q[n, 0]
-        if scheme == "q8_0":  # x: int16 Q8_0 numbers, xd: their scales
-            xt = builder.gep(builder.bitcast(x, i16.as_pointer()), [builder.mul(t, K)])
-            dot = builder.call(row_dot_ir(module), [
+        if scheme == "q8_0":  # x: int8 Q8_0 numbers, xd: their scales
+            xt = builder.gep(x, [builder.mul(t, K)])
+            dot = builder.call(row_dot_ir(module, vnni), [
                 w, builder.gep(d, [builder.mul(n, G)]), xt,
                 builder.gep(xd, [builder.mul(t, G)]), G])
         else:  # int8: x in float32, one scale per row
@@ -310,14 +338,14 @@ def f32_rows_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
 # --8<-- [start:quantize-ir]
 def quantize_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     """void minigpt_q8_0_quantize(x, xq, xd, G, top, half): G groups of 32 float32
-    rounded as ggml's reference (and quantize_groups) rounds them, widened to int16.
-    x: G*32 float32, top: 127.0, half: 0.5 -> xq: G*32 int16, xd: G float32"""
-    f32, i16, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(64)
-    v32f32, v32i16 = ir.VectorType(f32, 32), ir.VectorType(i16, 32)
+    rounded as ggml's reference (and quantize_groups) rounds them.
+    x: G*32 float32, top: 127.0, half: 0.5 -> xq: G*32 int8, xd: G float32"""
+    f32, i8, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(64)
+    v32f32, v32i8 = ir.VectorType(f32, 32), ir.VectorType(i8, 32)
     # top and half are arguments, not constants: x86 loads float constants from a
     # data section beside the code, and elf_text refuses code that refers outside
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        f32.as_pointer(), i16.as_pointer(), f32.as_pointer(), i64, f32, f32]),
+        f32.as_pointer(), i8.as_pointer(), f32.as_pointer(), i64, f32, f32]),
         "minigpt_q8_0_quantize")
     x, xq, xd, G, top, half = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
@@ -342,11 +370,12 @@ def quantize_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
         # from zero where the part left over is at least a half
         whole = builder.call(trunc, [scaled])
         rest = builder.fsub(scaled, whole)
-        up = builder.zext(builder.fcmp_ordered(">=", rest, halves), v32i16)
-        down = builder.zext(builder.fcmp_ordered("<=", rest, less_halves), v32i16)
-        q = builder.sub(builder.add(builder.fptosi(whole, v32i16), up), down)
-        builder.store(q, builder.bitcast(builder.gep(xq, [at]), v32i16.as_pointer()),
-                      align=2)
+        up = builder.zext(builder.fcmp_ordered(">=", rest, halves), v32i8)
+        down = builder.zext(builder.fcmp_ordered("<=", rest, less_halves), v32i8)
+        # |whole| <= 127, and the step away from zero never passes 127: int8
+        q = builder.sub(builder.add(builder.fptosi(whole, v32i8), up), down)
+        builder.store(q, builder.bitcast(builder.gep(xq, [at]), v32i8.as_pointer()),
+                      align=1)
         # the scale as stored: float16 (F16C), widened back for the dot products
         stored = builder.fpext(builder.fptrunc(d, ir.HalfType()), f32)
         builder.store(stored, builder.gep(xd, [g]))
@@ -455,11 +484,20 @@ def this_processor() -> str:
     return platform.machine() + "".join(sorted(set(lines)))
 
 
-def kernels_ir() -> str:
-    """The LLVM IR of a module with one rows_ir function per scheme, as text."""
+def has_vnni(processor: str) -> bool:
+    """Whether this_processor()'s flags include vpdpbusd on 256-bit vectors:
+    AVX512_VNNI with AVX512VL, or AVX-VNNI."""
+    flags = set(processor.split())
+    return {"avx512_vnni", "avx512vl"} <= flags or "avx_vnni" in flags
+
+
+def kernels_ir(vnni: bool | None = None) -> str:
+    """The LLVM IR of a module with one rows_ir function per scheme, as text;
+    with vpdpbusd where this processor has it (or as `vnni` says)."""
+    vnni = has_vnni(this_processor()) if vnni is None else vnni
     module = ir.Module("minigpt_kernels")
     for scheme in SCHEMES:
-        (f32_rows_ir(module) if scheme == "f32" else rows_ir(module, scheme))
+        (f32_rows_ir(module) if scheme == "f32" else rows_ir(module, scheme, vnni))
     quantize_ir(module)
     return str(module)
 
@@ -524,7 +562,7 @@ class MachineKernel:
 
     def __call__(self, x: np.ndarray, xd: np.ndarray | None, q: np.ndarray,
                  d: np.ndarray | None, out: np.ndarray) -> None:
-        """q8_0: x (T, K) int16, xd (T, K/32), q (N, K) int8, d (N, K/32) float32;
+        """q8_0: x (T, K) int8, xd (T, K/32), q (N, K) int8, d (N, K/32) float32;
         int8: x float32, xd None, d (N, 1); f32: x, q float32, xd, d None.
         -> out: (T, N) float32, whose rows may lie apart (some columns of a matrix)"""
         S = self.check(x, xd, q, d, out)
@@ -537,7 +575,7 @@ class MachineKernel:
         """An error unless the arrays are what the code reads (it trusts its
         pointers: a wrong array would crash Python). -> out's row stride S"""
         (T, K), N = x.shape, q.shape[0]
-        xt, qt, G = {"q8_0": (np.int16, np.int8, K // 32), "int8": (
+        xt, qt, G = {"q8_0": (np.int8, np.int8, K // 32), "int8": (
             np.float32, np.int8, 1), "f32": (np.float32, np.float32, 0)}[self.scheme]
         want = [(x, xt, (T, K)), (q, qt, (N, K))] + (
             [(d, np.float32, (N, G))] if G else []) + (
@@ -560,13 +598,13 @@ class MachineRounding:
     fn: Callable  # void (x, xq, xd, G, top, half)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x: (T, K) float32, finite -> xq: (T, K) int16, xd: (T, K/32) float32"""
+        """x: (T, K) float32, finite -> xq: (T, K) int8, xd: (T, K/32) float32"""
         if (x.dtype != np.float32 or x.ndim != 2 or x.shape[1] % 32
                 or not x.flags.c_contiguous):
             raise ValueError(f"q8_0 rounding machine code: x must be contiguous "
                              f"float32 rows of a multiple of 32 numbers, got "
                              f"{x.dtype} {list(x.shape)}")
-        xq = np.empty(x.shape, np.int16)
+        xq = np.empty(x.shape, np.int8)
         xd = np.empty((len(x), x.shape[1] // 32), np.float32)
         self.fn(address(x), address(xq), address(xd), xd.size, 127.0, 0.5)
         return xq, xd

@@ -105,11 +105,11 @@ def test_machine_code_equals_numpy_and_sums_groups_exactly(T, rows, K):
     q, d = quantize_groups(a, 32)
     xq, xd = quantize_groups(x, 32)
     got = np.empty((T, rows), np.float32)
-    CODE["q8_0"](xq.astype(np.int16), xd, q, d, got)
+    CODE["q8_0"](xq, xd, q, d, got)
     want = dequantize(xq, xd) @ dequantize(q, d).T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     one_group = np.empty((T, rows), np.float32)  # scales of 1: the integers alone
-    CODE["q8_0"](xq[:, :32].astype(np.int16), np.ones((T, 1), np.float32),
+    CODE["q8_0"](np.ascontiguousarray(xq[:, :32]), np.ones((T, 1), np.float32),
                  np.ascontiguousarray(q[:, :32]), np.ones((rows, 1), np.float32),
                  one_group)
     want = xq[:, :32].astype(np.int64) @ q[:, :32].astype(np.int64).T
@@ -124,18 +124,18 @@ def test_machine_code_equals_numpy_and_sums_groups_exactly(T, rows, K):
 @needs_code
 def test_machine_code_refuses_arrays_it_would_misread():
     q, d = np.ones((8, 64), np.int8), np.ones((8, 2), np.float32)
-    xq, xd = np.ones((1, 64), np.int16), np.ones((1, 2), np.float32)
+    xq, xd = np.ones((1, 64), np.int8), np.ones((1, 2), np.float32)
     out = np.empty((1, 8), np.float32)
     kernel = CODE["q8_0"]
     kernel(xq, xd, q, d, out)
     assert (out == 64).all()
-    bad = [(xq.astype(np.int32), xd, q, d, out),  # wrong dtype
+    bad = [(xq.astype(np.int16), xd, q, d, out),  # wrong dtype (int8 since VNNI)
            (xq, xd, q[:, :32], d, out),  # rows of another length
            (xq, xd, np.asfortranarray(q), d, out),  # not row after row in memory
            (xq, xd, q, d, np.empty((1, 7), np.float32)),  # an output too short
            (xq, xd, q, np.ones((8, 1), np.float32), out),  # too few scales
            (xq, None, q, d, out),  # no scales for x
-           (np.ones((1, 40), np.int16), np.ones((1, 1), np.float32),
+           (np.ones((1, 40), np.int8), np.ones((1, 1), np.float32),
             np.ones((8, 40), np.int8), np.ones((8, 1), np.float32), out)]  # K % 32
     for arrays in bad:
         with pytest.raises(ValueError, match="wrong dtype, shape or layout"):
@@ -179,7 +179,9 @@ def test_code_that_needs_relocating_is_refused():
 @needs_code
 def test_machine_code_holds_integer_and_fused_multiply_adds():
     asm = mc.compile_object(mc.kernels_ir(), assembly=True).decode()
-    assert "vpmaddwd" in asm and "vfmadd" in asm and "prefetcht1" in asm
+    assert "vfmadd" in asm and "prefetcht1" in asm and "vpsignb" in asm
+    vnni = mc.has_vnni(mc.this_processor())  # bytes times bytes, into int32
+    assert ("vpdpbusd" in asm) == vnni and ("vpmaddubsw" in asm) != vnni
 
 
 @needs_code
@@ -210,3 +212,78 @@ def test_quantised_decoding_loads_neither_numba_nor_llvm(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True,
                          text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "4 []"
+
+
+# a processor, and whether it has vpdpbusd on 256-bit vectors (AVX512_VNNI with
+# AVX512VL, or AVX-VNNI): the IR each would be given
+CPUS = {"haswell": False, "znver1": False, "skylake-avx512": False,
+        "cascadelake": True, "alderlake": True, "znver4": True}
+
+
+def test_has_vnni_reads_the_flags_each_form_needs():
+    assert mc.has_vnni("x86_64flags\t: fpu avx2 avx512vl avx512_vnni\n")
+    assert mc.has_vnni("x86_64flags\t: fpu avx2 avx_vnni\n")
+    assert not mc.has_vnni("x86_64flags\t: fpu avx2 avx512_vnni\n")  # 512 bits only
+    assert not mc.has_vnni("x86_64flags\t: fpu avx2 avx512vl avx512f\n")
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_the_kernels_compile_for_processors_with_and_without_vnni(cpu):
+    """Each processor's IR compiles for it, with no data section beside the code
+    (elf_text would refuse it), and multiplies bytes as that processor can."""
+    llvm = pytest.importorskip("llvmlite.binding")
+    import platform
+
+    if platform.machine() != "x86_64" or mc.ir is None:
+        pytest.skip("x86-64 code only")
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features="", opt=3, reloc="pic", codemodel="small")
+    parsed = llvm.parse_assembly(mc.kernels_ir(CPUS[cpu]))
+    parsed.triple, parsed.data_layout = machine.triple, str(machine.target_data)
+    passes = llvm.create_pass_builder(
+        machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(parsed, passes)
+    code, starts = mc.elf_text(machine.emit_object(parsed), mc.ENTRIES)
+    assert sorted(starts) == sorted(mc.ENTRIES) and code
+    asm = machine.emit_assembly(parsed)
+    assert ("vpdpbusd" in asm) == CPUS[cpu] and ("vpmaddubsw" in asm) != CPUS[cpu]
+
+
+def q8_0_kernel(vnni: bool):
+    """The q8_0 rows function of kernels_ir(vnni), compiled here and wrapped."""
+    code, starts = mc.elf_text(mc.in_child(mc.compile_object, mc.kernels_ir(vnni)),
+                               mc.ENTRIES)
+    memory, base = mc.executable(code)
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    fn = ctypes.CFUNCTYPE(None, p, p, p, p, p, i, i, i, i)(
+        base + starts["minigpt_q8_0_rows"])
+    return mc.MachineKernel(memory, fn, "q8_0")
+
+
+@needs_code
+def test_vnni_and_avx2_give_the_same_bits_and_the_reference():
+    from minigpt.quantize import dequantize, quantize_groups
+
+    if not mc.has_vnni(mc.this_processor()):
+        pytest.skip("this processor has no VNNI to compare with")
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((67, 768)).astype(np.float32)
+    q, d = quantize_groups(a, 32)
+    q[:3, :64] = rng.choice([-128, -127, 0, 127], (3, 64))  # the extremes of int8
+    x = rng.standard_normal((3, 768)).astype(np.float32)
+    x[0, :32] = 0.0  # a group of zeros: a scale of 0
+    xq, xd = CODE["q8_0 rounding"](x)
+    got = {}
+    for vnni in (False, True):
+        got[vnni] = np.empty((3, 67), np.float32)
+        q8_0_kernel(vnni)(xq, xd, q, d, got[vnni])
+    assert got[True].tobytes() == got[False].tobytes()
+    want = dequantize(xq, xd) @ dequantize(q, d).T
+    np.testing.assert_allclose(got[True], want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    ones = np.ones((3, 24), np.float32)  # scales of 1: the integers, exactly
+    for vnni in (False, True):
+        q8_0_kernel(vnni)(xq, ones, q, np.ones((67, 24), np.float32), got[vnni])
+        assert (got[vnni] == xq.astype(np.int64) @ q.astype(np.int64).T).all()

@@ -171,7 +171,7 @@ def test_the_machine_code_rounds_activations_as_ggml():
     x = hard_cases(rng, 6, 768)
     xq, xd = CODE["q8_0 rounding"](x)
     want_q, want_d = gguf_q8_0(x)
-    assert xq.dtype == np.int16 and xd.dtype == np.float32
+    assert xq.dtype == np.int8 and xd.dtype == np.float32
     np.testing.assert_array_equal(xq, want_q)
     np.testing.assert_array_equal(xd, want_d)
 
