@@ -224,8 +224,8 @@ def kernel_code() -> dict:
     if not machine_code():
         return {}
     asm = compile_object(kernels_ir(), assembly=True).decode()
-    return {"machine code": {k: asm.count(k) for k in ("vpmaddwd", "vfmadd",
-                                                        "prefetch")}}
+    return {"machine code": {k: asm.count(k) for k in (
+        "vpdpbusd", "vpmaddubsw", "vpsignb", "vfmadd", "prefetch")}}
 
 
 def demo_accuracy(windows: int | None, new: int) -> dict:
