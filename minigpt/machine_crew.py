@@ -227,10 +227,13 @@ class MachineCrew:
             self.code["join"](table.ctypes.data, self.code["yield"])
             return
         self.ctrl[0] = g  # posted
+        woken = False
         for asleep, wake in zip(self.asleep, self.wake, strict=True):
             if asleep.is_set():
                 wake.put(None)
-        if self.code["join"](table.ctypes.data, self.code["yield"]) > HELD:
+                woken = True
+        waited = self.code["join"](table.ctypes.data, self.code["yield"])
+        if waited > HELD and not woken:  # a helper woken now is late, not held back
             self.alone = ALONE
 # --8<-- [end:machine-crew]
 

@@ -162,6 +162,8 @@ def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch)
         return 900 if len(said) == 1 else 0
     monkeypatch.setattr(crew, "code", {**crew.code, "join": join})
     monkeypatch.setattr(crew, "alone", 0)  # whatever earlier products left
+    # every helper seen awake: a wait then counts (one woken now would not)
+    monkeypatch.setattr(crew, "asleep", [type(e)() for e in crew.asleep])
     product = operands("q8_0", 2304, 768, 1)
     alone_and_shared(*product)
     assert crew.alone == mcrew.ALONE
