@@ -133,7 +133,7 @@ def few_tokens(x: np.ndarray, w: BlockMatrix, kernel, out: np.ndarray) -> None:
     raw = np.asarray(w.raw)  # a memory map is an ndarray subclass: the plain view
     for t in range(len(x)):
         start, step = kernel(raw, xq[t], xd[t], xs[t], out[t])
-        share_rows(kernel.fn, start, step, 6, len(raw))  # N, the 7th, per piece
+        share_rows(kernel.fn, start, step, 6, len(raw), raw.nbytes)  # N: the 7th
 
 
 ROUNDERS: dict = {}  # "Q8_K" -> a function giving machine code for q8_k, or None

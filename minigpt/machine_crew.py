@@ -48,8 +48,8 @@ from minigpt.machine_code import (
 )
 from minigpt.threads import PIECES, kernel_threads, shares
 
-__all__ = ["SPIN", "MachineCrew", "crew_code", "cut", "machine_crew", "run_rows",
-           "share_rows"]
+__all__ = ["SHARE", "SPIN", "MachineCrew", "crew_code", "cut", "machine_crew",
+           "run_rows", "share_rows"]
 
 
 # --8<-- [start:crew-ir]
@@ -182,9 +182,10 @@ def crew_code() -> dict:
 
 # --8<-- [start:machine-crew]
 # a caller that waited for its helpers more than half the time they shared a
-# product was kept waiting by a helper the system had stopped (a busy machine):
-# the next ALONE products run on the caller alone, then the helpers are tried again
-HELD, ALONE = 500, 200
+# product, and longer than LONG seconds, was kept waiting by a helper the system
+# had stopped (a busy machine), not by one a little late to a short product: the
+# next ALONE products run on the caller alone, then the helpers are tried again
+HELD, LONG, ALONE = 500, 200e-6, 200
 
 
 class MachineCrew:
@@ -232,8 +233,10 @@ class MachineCrew:
             if asleep.is_set():
                 wake.put(None)
                 woken = True
-        waited = self.code["join"](table.ctypes.data, self.code["yield"])
-        if waited > HELD and not woken:  # a helper woken now is late, not held back
+        start = time.perf_counter()
+        waited = self.code["join"](table.ctypes.data, self.code["yield"])  # per mille
+        long = waited * (time.perf_counter() - start) > 1000 * LONG
+        if waited > HELD and long and not woken:  # one woken now is late, not held
             self.alone = ALONE
 # --8<-- [end:machine-crew]
 
@@ -251,13 +254,19 @@ def cut(n: int, threads: int) -> np.ndarray:
     return np.array(shares(n, threads * PIECES), np.int64).reshape(-1, 2)
 
 
+# bytes of weights from which a product is shared (measured: below, on this
+# machine, handing pieces over cost about what the second core saved)
+SHARE = 1 << 20
+
+
 def share_rows(fn: Callable, start: list[int], step: list[int], count: int,
-               n: int) -> None:
+               n: int, nbytes: int) -> None:
     """fn(*args) for every piece a:b of range(n), on our threads: args = start +
-    a * step (9 integers or addresses), with args[count] = b - a rows."""
+    a * step (9 integers or addresses), with args[count] = b - a rows; nbytes:
+    the weights' bytes (a smaller product than SHARE is one call)."""
     threads = kernel_threads()
     pieces = cut(n, threads)
-    if threads == 1 or len(pieces) == 1 or not crew_code():
+    if threads == 1 or len(pieces) == 1 or nbytes < SHARE or not crew_code():
         fn(*start[:len(fn.argtypes)])  # one plain call for all n rows
         return
     rows = np.array(start, np.int64) + pieces[:, :1] * np.array(step, np.int64)
@@ -273,5 +282,5 @@ def run_rows(kernel: MachineKernel, x: np.ndarray, xd: np.ndarray | None,
     start = [address(x), address(xd), address(q), address(d), address(out),
              q.shape[0], K, len(x), S]
     step = [0, 0, K * q.itemsize, G * 4, 4, 0, 0, 0, 0]
-    share_rows(kernel.fn, start, step, 5, q.shape[0])  # N, the 6th, per piece
+    share_rows(kernel.fn, start, step, 5, q.shape[0], q.nbytes)  # N, the 6th
 # --8<-- [end:run-rows]

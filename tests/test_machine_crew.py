@@ -8,6 +8,8 @@ tests/test_machine_code.py.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -106,13 +108,14 @@ def test_any_kernel_of_up_to_nine_integer_arguments_is_shared(monkeypatch):
     if "Q4_K" not in block_code():
         pytest.skip("no block machine code here")
     rng = np.random.default_rng(3)
-    w = rng.standard_normal((1500, 512)).astype(np.float32)
-    m = BlockMatrix("Q4_K", quantize_q4_k(w).reshape(1500, -1))
-    x = rng.standard_normal((2, 512)).astype(np.float32)
+    w = rng.standard_normal((4000, 1024)).astype(np.float32)
+    m = BlockMatrix("Q4_K", quantize_q4_k(w).reshape(4000, -1))  # past SHARE
+    assert m.raw.nbytes >= mcrew.SHARE
+    x = rng.standard_normal((2, 1024)).astype(np.float32)
     outs = []
     for threads in (1, 2, 3):
         set_kernel_threads(threads)
-        out = np.full((2, 1500), np.nan, np.float32)
+        out = np.full((2, 4000), np.nan, np.float32)
         few_tokens(x, m, block_code()["Q4_K"], out)
         outs.append(out)
     assert not np.isnan(outs[0]).any()
@@ -159,7 +162,10 @@ def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch)
     def join(table, give):  # runs the product, then claims a long wait once
         real(table, give)
         said.append(len(said))
-        return 900 if len(said) == 1 else 0
+        if len(said) > 1:
+            return 0
+        time.sleep(10 * mcrew.LONG)  # as a stopped helper would keep it waiting
+        return 900
     monkeypatch.setattr(crew, "code", {**crew.code, "join": join})
     monkeypatch.setattr(crew, "alone", 0)  # whatever earlier products left
     # every helper seen awake: a wait then counts (one woken now would not)
@@ -174,3 +180,31 @@ def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch)
     assert int(crew.ctrl[0]) == posted and crew.alone == 0  # none posted
     alone_and_shared(*product)
     assert int(crew.ctrl[0]) == posted + 1  # posted again
+
+
+def test_a_short_wait_is_not_taken_for_a_helper_held_back(monkeypatch):
+    """Most of a short product spent waiting (a helper a little late) is not a
+    busy machine: the crew keeps posting."""
+    set_kernel_threads(2)
+    crew = mcrew.machine_crew(2)
+    real = crew.code["join"]
+    monkeypatch.setattr(crew, "code", {**crew.code, "join": lambda t, g: (
+        real(t, g), 900)[1]})
+    monkeypatch.setattr(crew, "alone", 0)
+    monkeypatch.setattr(crew, "asleep", [type(e)() for e in crew.asleep])
+    alone, shared = alone_and_shared(*operands("q8_0", 2304, 768, 1))
+    np.testing.assert_array_equal(shared, alone)
+    assert crew.alone == 0
+
+
+def test_a_small_product_is_one_call_even_on_two_threads(monkeypatch):
+    """Below SHARE bytes of weights the crew is not asked at all."""
+    set_kernel_threads(2)
+    crew = mcrew.machine_crew(2)
+    posted = int(crew.ctrl[0])
+    monkeypatch.setattr(crew, "alone", 0)
+    kernel, x, xd, q, d = operands("q8_0", 768, 768, 1)
+    assert q.nbytes < mcrew.SHARE
+    alone, shared = alone_and_shared(kernel, x, xd, q, d)
+    np.testing.assert_array_equal(shared, alone)
+    assert int(crew.ctrl[0]) == posted
