@@ -151,8 +151,7 @@ def activations(kind: str, x: np.ndarray) -> tuple:
     sums of each 16 (K formats) or 32 numbers. x: (T, K) -> 3 arrays of T rows"""
     if kind.endswith("K"):  # by machine code where exercise 5 built some
         return (ROUNDERS.get("Q8_K", lambda: None)() or q8_k)(x)
-    xq, xd = rounded(x, machine_code())  # Q8_0, as chapter 30 rounds a token
-    xq = xq.astype(np.int8, copy=False)  # its numbers fit in a byte
+    xq, xd = rounded(x, machine_code())  # Q8_0 in int8, as chapter 30 rounds a token
     return xq, xd, xq.reshape(len(x), -1, 32).sum(2, dtype=np.int16)
 
 
@@ -281,13 +280,13 @@ PICK = [[514 * j + 256] * 16 for j in range(8)]  # bytes 2j, 2j + 1: lane j, eve
 PICK6 = [[1028 * s + 256] * 8 + [1028 * s + 770] * 8 for s in range(4)]  # 2s; 2s + 1
 BITS = np.array([[j // 8 for j in range(32)], [1 << j % 8 for j in range(32)]],
                 np.uint8).view(np.int16).tolist()  # Q5_0's: bit j's byte; bit j
-CONSTANTS = np.array([0x0F0F, 0x0303, 1, 16, 0x0101, 0x1010] + sum(
-    PICK + PICK6 + BITS, []), np.int16)
+CONSTANTS = np.array([0x0F0F, 0x0303, 1, 0x1010] + sum(PICK + PICK6 + BITS, []),
+                     np.int16)
 
 
 def constants(builder, table) -> dict:
-    """In 16 int16 lanes: 15, 3 and 1 in each byte; 1; 16; 1 and 16 in each byte.
-    In 32 bytes: vpshufb's positions for each sub-block's scale, and Q5_0's bits."""
+    """In 16 int16 lanes: 15 and 3 in each byte; 1; 16 in each byte. In 32 bytes:
+    vpshufb's positions for each sub-block's scale, and Q5_0's bits."""
     i16, i64, v32 = ir.IntType(16), ir.IntType(64), ir.VectorType(ir.IntType(8), 32)
 
     def at(i: int, t=i16):  # a number, or a vector, from table[i] on
@@ -295,9 +294,9 @@ def constants(builder, table) -> dict:
                                             t.as_pointer()), align=2)
     names = [f"pick {j}" for j in range(8)] + [f"pick6 {s}" for s in range(4)] + [
         "byte of bit j", "bit j"]
-    k = {name: at(6 + 16 * i, v32) for i, name in enumerate(names)}
+    k = {name: at(4 + 16 * i, v32) for i, name in enumerate(names)}
     return k | {name: splat(builder, at(i), 16) for i, name in enumerate(
-        ("15", "3", "1", "16", "1 bytes", "16 bytes"))}
+        ("15", "3", "1", "16 bytes"))}
 
 
 def block_rows_ir(module, kind: str):

@@ -265,8 +265,8 @@ def share_rows(fn: Callable, start: list[int], step: list[int], count: int,
     a * step (9 integers or addresses), with args[count] = b - a rows; nbytes:
     the weights' bytes (a smaller product than SHARE is one call)."""
     threads = kernel_threads()
-    pieces = cut(n, threads)
-    if threads == 1 or len(pieces) == 1 or nbytes < SHARE or not crew_code():
+    pieces = None if threads == 1 or nbytes < SHARE else cut(n, threads)
+    if pieces is None or len(pieces) == 1 or not crew_code():
         fn(*start[:len(fn.argtypes)])  # one plain call for all n rows
         return
     rows = np.array(start, np.int64) + pieces[:, :1] * np.array(step, np.int64)

@@ -9,6 +9,7 @@ tests/test_machine_code.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -151,25 +152,32 @@ def test_join_reports_the_share_of_time_it_waited():
     assert waited == 0 and not np.isnan(out).any()
 
 
+def crew_whose_join_says(monkeypatch, said: Callable[[int], int]):
+    """The 2-thread crew, fresh (not working alone, every helper seen awake, so a
+    wait counts), its join running the product and then returning said(call)."""
+    set_kernel_threads(2)
+    crew = mcrew.machine_crew(2)
+    real, calls = crew.code["join"], []
+
+    def join(table, give):
+        real(table, give)
+        calls.append(None)
+        return said(len(calls))
+    monkeypatch.setattr(crew, "code", {**crew.code, "join": join})
+    monkeypatch.setattr(crew, "alone", 0)  # whatever earlier products left
+    monkeypatch.setattr(crew, "asleep", [type(e)() for e in crew.asleep])
+    return crew
+
+
 def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch):
     """When join says the caller mostly waited (a helper the system stopped), the
     next ALONE products are not posted to the helpers; then they are again."""
-    set_kernel_threads(2)
-    crew = mcrew.machine_crew(2)
-    said = []
-    real = crew.code["join"]
-
-    def join(table, give):  # runs the product, then claims a long wait once
-        real(table, give)
-        said.append(len(said))
-        if len(said) > 1:
+    def said(call: int) -> int:  # a long wait once, as a stopped helper causes
+        if call > 1:
             return 0
-        time.sleep(10 * mcrew.LONG)  # as a stopped helper would keep it waiting
+        time.sleep(10 * mcrew.LONG)
         return 900
-    monkeypatch.setattr(crew, "code", {**crew.code, "join": join})
-    monkeypatch.setattr(crew, "alone", 0)  # whatever earlier products left
-    # every helper seen awake: a wait then counts (one woken now would not)
-    monkeypatch.setattr(crew, "asleep", [type(e)() for e in crew.asleep])
+    crew = crew_whose_join_says(monkeypatch, said)
     product = operands("q8_0", 2304, 768, 1)
     alone_and_shared(*product)
     assert crew.alone == mcrew.ALONE
@@ -185,13 +193,7 @@ def test_a_helper_held_back_makes_the_caller_work_alone_for_a_while(monkeypatch)
 def test_a_short_wait_is_not_taken_for_a_helper_held_back(monkeypatch):
     """Most of a short product spent waiting (a helper a little late) is not a
     busy machine: the crew keeps posting."""
-    set_kernel_threads(2)
-    crew = mcrew.machine_crew(2)
-    real = crew.code["join"]
-    monkeypatch.setattr(crew, "code", {**crew.code, "join": lambda t, g: (
-        real(t, g), 900)[1]})
-    monkeypatch.setattr(crew, "alone", 0)
-    monkeypatch.setattr(crew, "asleep", [type(e)() for e in crew.asleep])
+    crew = crew_whose_join_says(monkeypatch, lambda call: 900)
     alone, shared = alone_and_shared(*operands("q8_0", 2304, 768, 1))
     np.testing.assert_array_equal(shared, alone)
     assert crew.alone == 0
