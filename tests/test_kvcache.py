@@ -130,6 +130,33 @@ def test_generate_asks_for_the_last_position_only():
     assert calls == [(4, True), (1, True), (1, True)]
 
 
+def test_a_long_prompt_is_prefilled_in_pieces(monkeypatch):
+    """A prompt longer than PREFILL goes in pieces; each piece's last logits are
+    those of the whole prompt in one call, so the tokens do not change."""
+    import minigpt.generation as generation
+
+    model = random_model(n_ctx=32)
+    prompt = list(range(1, 12))
+    calls, logits = [], []
+
+    class Spy:
+        config = model.config
+        forward, empty_cache = model.forward, model.empty_cache
+
+        def forward_cached(self, ids, cache, last_only=False):
+            calls.append(len(ids))
+            logits.append(model.forward_cached(ids, cache, last_only))
+            return logits[-1]
+
+    want = list(generate(model, prompt, 3))
+    whole = model.forward_cached(np.array(prompt), model.empty_cache(),
+                                 last_only=True)
+    monkeypatch.setattr(generation, "PREFILL", 4)
+    assert list(generate(Spy(), prompt, 3)) == want
+    assert calls == [4, 4, 3, 1, 1]
+    close(logits[2], whole)  # the prompt's last row, after three pieces
+
+
 def test_one_cache_class_serves_both_models():
     """LLaMA's cache is the same KVCache (GQA: fewer key/value heads)."""
     from minigpt.llama import LlamaConfig, LlamaModel
