@@ -112,49 +112,45 @@ def test_the_prefill_computes_the_head_for_the_last_position_only():
     close(last, every[-1:])
 
 
+class Spy:
+    """A model that records each forward_cached call: (tokens, last_only) and
+    the logits it returned."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+        self.forward, self.empty_cache = model.forward, model.empty_cache
+        self.calls, self.logits = [], []
+
+    def forward_cached(self, ids, cache, last_only=False):
+        self.calls.append((len(ids), last_only))
+        self.logits.append(self.model.forward_cached(ids, cache, last_only))
+        return self.logits[-1]
+
+
 def test_generate_asks_for_the_last_position_only():
     """generate() reads one row of logits per step, prefill included."""
     model = random_model(n_ctx=16)
-    calls = []
-
-    class Spy:
-        config = model.config
-        forward, empty_cache = model.forward, model.empty_cache
-
-        def forward_cached(self, ids, cache, last_only=False):
-            calls.append((len(ids), last_only))
-            return model.forward_cached(ids, cache, last_only)
-
+    spy = Spy(model)
     want = list(generate(model, [1, 2, 3, 4], 3))
-    assert list(generate(Spy(), [1, 2, 3, 4], 3)) == want
-    assert calls == [(4, True), (1, True), (1, True)]
+    assert list(generate(spy, [1, 2, 3, 4], 3)) == want
+    assert spy.calls == [(4, True), (1, True), (1, True)]
 
 
 def test_a_long_prompt_is_prefilled_in_pieces(monkeypatch):
-    """A prompt longer than PREFILL goes in pieces; each piece's last logits are
+    """A prompt longer than PREFILL goes in pieces; the last piece's logits are
     those of the whole prompt in one call, so the tokens do not change."""
     import minigpt.generation as generation
 
     model = random_model(n_ctx=32)
     prompt = list(range(1, 12))
-    calls, logits = [], []
-
-    class Spy:
-        config = model.config
-        forward, empty_cache = model.forward, model.empty_cache
-
-        def forward_cached(self, ids, cache, last_only=False):
-            calls.append(len(ids))
-            logits.append(model.forward_cached(ids, cache, last_only))
-            return logits[-1]
-
+    spy = Spy(model)
     want = list(generate(model, prompt, 3))
     whole = model.forward_cached(np.array(prompt), model.empty_cache(),
                                  last_only=True)
     monkeypatch.setattr(generation, "PREFILL", 4)
-    assert list(generate(Spy(), prompt, 3)) == want
-    assert calls == [4, 4, 3, 1, 1]
-    close(logits[2], whole)  # the prompt's last row, after three pieces
+    assert list(generate(spy, prompt, 3)) == want
+    assert [n for n, _ in spy.calls] == [4, 4, 3, 1, 1]
+    close(spy.logits[2], whole)  # the prompt's last row, after three pieces
 
 
 def test_one_cache_class_serves_both_models():
