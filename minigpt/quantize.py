@@ -77,7 +77,8 @@ def quantize_groups(x: np.ndarray, group: int, scale_dtype: type = np.float16
 def dequantize(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     """q times its group's scale. q: (..., K) int8, d: (..., G) -> (..., K) float32"""
     groups = q.reshape(*q.shape[:-1], d.shape[-1], -1).astype(np.float32)
-    return (groups * d[..., None]).reshape(q.shape)  # [..., G, K // G] -> [..., K]
+    groups *= d[..., None]  # in place: a second new array costs its page faults
+    return groups.reshape(q.shape)  # [..., G, K // G] -> [..., K]
 # --8<-- [end:quantize-groups]
 
 
