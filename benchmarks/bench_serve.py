@@ -115,6 +115,34 @@ def peak_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def request_gflop(config: GPTConfig, prompt: int, new: int) -> dict:
+    """GFLOP of one request on GPT-2: two per weight a token meets (the blocks'
+    12 C^2 each layer), attention's two products over the positions before it,
+    and the tied head (V x C) for each token sampled. -> prompt, whole request"""
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+
+    def tokens(first: int, last: int) -> float:  # positions first..last-1 fed
+        seen = sum(p + 1 for p in range(first, last))  # keys each one attends to
+        return 2 * L * (12 * C * C * (last - first) + 2 * C * seen)
+    head = 2 * V * C
+    prompt_flop = tokens(0, prompt) + head  # to the first token's logits
+    # each later token is fed once, and its logits give the next one
+    whole = prompt_flop + tokens(prompt, prompt + new - 1) + (new - 1) * head
+    return {"prompt": prompt_flop / 1e9, "request": whole / 1e9}
+
+
+def compute_limits(flop: dict, gflops: float, clients: int, new: int,
+                   one: float) -> dict:
+    """What arithmetic alone allows at `gflops`: the last of `clients` prompts
+    that arrive together gets its first token after all of them are computed;
+    and new tokens/s can be no more than a request's new tokens per its
+    arithmetic, against one client's measured rate `one`."""
+    most = new / (flop["request"] / gflops)
+    return {"prompt_gflop": flop["prompt"], "request_gflop": flop["request"],
+            "clients": clients, "ttft_s": clients * flop["prompt"] / gflops,
+            "tokens_per_second": most, "speedup": most / one}
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -367,6 +395,9 @@ def run(quick: bool = False) -> dict:
                            / load[n]["tbt_p50"] for n in load},
         **versus_llama(load, llama, "" if "load" not in llama
                        else bench_peers.llama_cpp_commit()),
+        # the ceiling the machine's own float32 product puts on the server
+        "compute_limits": compute_limits(request_gflop(GPTConfig(), PROMPT, new),
+                                         gflops, 8, new, one),
     }
     results["targets"] = targets(results)
     save_results("serve", results, command="python -m benchmarks serve")

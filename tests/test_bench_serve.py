@@ -206,3 +206,73 @@ def test_llama_server_streams_exactly_the_asked_tokens(tmp_path):
         assert run["requests"] == 2 and run["chunks"] <= 10
         assert run["tokens_per_second"] * run["seconds"] == pytest.approx(10)
     assert process.poll() is not None  # stopped when the block ended
+
+
+class Counted:
+    """A weight that counts the operations of every product through it."""
+
+    def __init__(self, rows, flop: list[int], transposed: bool = False):
+        self.rows, self.flop, self.transposed = rows, flop, transposed
+
+    __array_ufunc__ = None  # NumPy hands x @ W to __rmatmul__
+    ndim = 2
+
+    @property
+    def shape(self):
+        return self.rows.shape[::-1] if self.transposed else self.rows.shape
+
+    @property
+    def T(self):  # noqa: N802 (NumPy's name)
+        return Counted(self.rows, self.flop, not self.transposed)
+
+    def __getitem__(self, ids):
+        return self.rows[ids]
+
+    def __rmatmul__(self, x):
+        w = self.rows.T if self.transposed else self.rows
+        self.flop[0] += 2 * x.reshape(-1, x.shape[-1]).shape[0] * w.size
+        return x @ w
+
+
+def test_a_requests_arithmetic_is_what_a_forward_pass_multiplies(tmp_path,
+                                                                   monkeypatch):
+    """request_gflop against the products a real prompt and its new tokens make,
+    counted as they run: the weights', and attention's for the query-key pairs
+    its mask allows (the least any engine computes)."""
+    import numpy as np
+
+    import minigpt.kvcache as kvcache
+    from minigpt.bench import save_random_gpt2
+    from minigpt.models import load_model
+    from minigpt.threads import map_matrices
+    from minigpt.weights import GPTConfig
+
+    config = GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_ctx=32)
+    model = load_model(save_random_gpt2(tmp_path / "m", config))
+    flop = [0]
+    model = type(model)(model.config, map_matrices(model.params,
+                                                   lambda r: Counted(r, flop)))
+    real = kvcache.attention
+
+    def attention(q, k, v, mask):  # scores q k^T, then weights times v
+        pairs = q.shape[1] * k.shape[1] if mask is None else mask.sum()  # allowed
+        flop[0] += 2 * 2 * q.shape[0] * int(pairs) * q.shape[2]
+        return real(q, k, v, mask)
+    monkeypatch.setattr(kvcache, "attention", attention)
+    prompt, new = 5, 4
+    cache = model.empty_cache()
+    model.forward_cached(np.arange(prompt), cache, last_only=True)
+    at_first = flop[0]
+    for token in range(new - 1):  # the last new token is never fed back
+        model.forward_cached(np.array([token]), cache, last_only=True)
+    got = bench_serve.request_gflop(config, prompt, new)
+    assert got["prompt"] * 1e9 == pytest.approx(at_first, rel=1e-12)
+    assert got["request"] * 1e9 == pytest.approx(flop[0], rel=1e-12)
+
+
+def test_the_limits_divide_the_arithmetic_by_the_peak():
+    limits = bench_serve.compute_limits({"prompt": 2.0, "request": 10.0}, 100.0,
+                                        8, 64, 20.0)
+    assert limits["ttft_s"] == pytest.approx(8 * 2.0 / 100.0)
+    assert limits["tokens_per_second"] == pytest.approx(64 / 0.1)
+    assert limits["speedup"] == pytest.approx(640 / 20.0)
