@@ -23,7 +23,7 @@ import numpy as np
 
 from minigpt.attention import attention, merge_heads, split_heads
 from minigpt.layers import ffn, layer_norm, linear
-from minigpt.llama import LlamaModel, grouped_attention, rms_norm, swiglu
+from minigpt.llama import LlamaModel, grouped_attention, project_qkv, rms_norm, swiglu
 from minigpt.model import check_ids
 from minigpt.rope import rope_angles, rope_half
 
@@ -79,12 +79,12 @@ def gpt2_batch_forward(model, chunks: list, caches: list) -> np.ndarray:
 # --8<-- [start:llama-batch]
 def llama_batch_attention(x: np.ndarray, q_proj, k_proj, v_proj, o_proj,
                           config, rope: tuple, caches: list, layer: int,
-                          splits: np.ndarray) -> np.ndarray:
-    """llama_attention over stacked sequences. x: (N, C) -> (N, C)"""
+                          splits: np.ndarray, **extra) -> np.ndarray:
+    """llama_attention over stacked sequences (extra: Qwen's biases or q/k
+    norms, as project_qkv takes them). x: (N, C) -> (N, C)"""
+    q, k, v = project_qkv(x, q_proj, k_proj, v_proj, config, **extra)  # [H, N, d]
     # each row turns by its own position, so RoPE runs on all N rows at once
-    q = rope_half(split_heads(x @ q_proj, config.n_head), *rope)  # [H, N, d]
-    k = rope_half(split_heads(x @ k_proj, config.n_kv_head), *rope)  # [H_kv, N, d]
-    v = split_heads(x @ v_proj, config.n_kv_head)
+    q, k = rope_half(q, *rope), rope_half(k, *rope)
     out = []
     for qb, kb, vb, cache in zip(np.split(q, splits, axis=1), np.split(k, splits, 1),
                                  np.split(v, splits, axis=1), caches, strict=True):
@@ -98,7 +98,8 @@ def llama_batch_forward(model, chunks: list, caches: list) -> np.ndarray:
     """Next-token logits of B sequences, each after its chunk. -> (B, V)"""
     p, cfg = model.params, model.config
     ids, positions, splits, last = stack(model, chunks, caches)
-    rope = rope_angles(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_factor)
+    rope = rope_angles(positions, cfg.head_dim, cfg.rope_theta,
+                       np.asarray(cfg.rope_divisors or cfg.rope_factor))  # as solo
     x = p["embed_tokens"][ids]  # [N] -> [N, C]
     for layer, b in enumerate(p["layers"]):
         h = rms_norm(x, **b["input_layernorm"], eps=cfg.rms_norm_eps)

@@ -7,6 +7,8 @@ order of additions inside BLAS may differ; quantised products are row by row.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,52 @@ def test_a_prefill_batch_equals_the_uncached_forward(path):
     prompts = [np.arange(n) * 5 % 1000 for n in (2, 9)]
     logits = batch_forward(model, prompts, [model.empty_cache(9) for _ in prompts])
     close(logits, np.stack([model.forward(p)[-1] for p in prompts]))
+
+
+def family_variant(model, family: str):
+    """The demo LLaMA as a Qwen2 (q, k, v biases), a Qwen3 (q and k norms) or a
+    Llama 3 (RoPE divisors), the new weights random: what each family adds."""
+    rng = np.random.default_rng(3)
+    cfg = model.config
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+
+    def vector(n: int, centre: float = 0.0) -> np.ndarray:
+        return (centre + rng.normal(0, 0.5, n)).astype(np.float32)
+    adds = {"qwen2": lambda: {"q_bias": vector(q), "k_bias": vector(kv),
+                              "v_bias": vector(kv)},
+            "qwen3": lambda: {"q_norm": {"g": vector(cfg.head_dim, 1.0)},
+                              "k_norm": {"g": vector(cfg.head_dim, 1.0)}},
+            "llama3": dict}[family]
+    changes = {"qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True},
+               "llama3": {"rope_divisors": tuple(rng.uniform(1, 8, cfg.head_dim // 2))}}
+    layers = [{**b, "self_attn": {**b["self_attn"], **adds()}}
+              for b in model.params["layers"]]
+    return type(model)(replace(cfg, **changes[family]),
+                       {**model.params, "layers": layers})
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3"])
+def test_the_llama_family_batches_as_each_runs_alone(family):
+    """Qwen's biases and norms and Llama 3's RoPE reach the batched step too:
+    each sequence's logits as its solo forward gives them (which the reference
+    tests hold to transformers), at a prefill and at a decode step."""
+    plain = load_model(minigpt.DEMO_LLAMA)
+    model = family_variant(plain, family)
+    prompts = [np.arange(n) * 7 % 1000 for n in (4, 9)]
+    caches = [model.empty_cache(16) for _ in prompts]
+    alone = [model.empty_cache(16) for _ in prompts]
+    chunks = prompts
+    for _ in range(2):  # the prompts, then one token each
+        logits = batch_forward(model, chunks, caches)
+        want = np.stack([model.forward_cached(c, a, last_only=True)[-1]
+                         for c, a in zip(chunks, alone, strict=True)])
+        close(logits, want)
+        chunks = [np.array([t]) for t in want.argmax(axis=-1)]
+    # the variant differs from the plain model by far more than the tolerance, so
+    # a batched step that dropped what the family adds would fail above
+    base = plain.forward(prompts[1])
+    moved = np.abs(model.forward(prompts[1]) - base).max()
+    assert moved > 100 * RTOL * np.abs(base).max()
 
 
 def test_batched_greedy_tokens_equal_generate(model):
