@@ -96,16 +96,18 @@ def pieces_ir(module: "ir.Module") -> "ir.Function":  # noqa: UP037
     fn.linkage = "internal"
     (table,) = fn.args
     builder = ir.IRBuilder(fn.append_basic_block())
-    kernel = builder.inttoptr(builder.load(builder.gep(table, [i64(2)])),
-                              kind.as_pointer())
     n = builder.load_atomic(builder.gep(table, [i64(0)]), "acquire", 8)
     with counted(builder, n) as i:
         row = builder.gep(table, [builder.add(i64(HEAD), builder.mul(i, i64(ROW)))])
         mine = builder.extract_value(builder.cmpxchg(  # 0 -> 1: this piece is ours
             row, i64(0), i64(1), "acq_rel", "acquire"), 1)
-        with builder.if_then(mine):
-            builder.call(kernel, [builder.load(builder.gep(row, [i64(k)]))
-                                  for k in range(1, ROW)])
+        with builder.if_then(mine):  # the kernel read after the claim: a helper
+            # stopped here for two products claims the table's new piece, and
+            # must run the new product's kernel on it
+            kernel = builder.load(builder.gep(table, [i64(2)]))
+            builder.call(builder.inttoptr(kernel, kind.as_pointer()),
+                         [builder.load(builder.gep(row, [i64(k)]))
+                          for k in range(1, ROW)])
             builder.atomic_rmw("sub", builder.gep(table, [i64(1)]), i64(1),
                                "acq_rel")
     builder.ret_void()

@@ -152,6 +152,39 @@ def test_join_reports_the_share_of_time_it_waited():
     assert waited == 0 and not np.isnan(out).any()
 
 
+def test_a_thread_that_finds_its_table_filled_again_runs_the_new_kernel():
+    """A helper stopped across two products finds its table holding a new one.
+    Here the first piece's own kernel refills the table (a new kernel, new
+    arguments, the second piece free again) while the thread that runs it is
+    between two claims: the second piece must run the new kernel."""
+    import ctypes
+
+    code = crew_code()
+    if not code:
+        pytest.skip("no machine code here")
+    kind = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * (mcrew.ROW - 1))
+    ran = []
+    table = np.zeros(mcrew.HEAD + 2 * mcrew.ROW, np.int64)
+    pieces = table[mcrew.HEAD:].reshape(2, mcrew.ROW)
+
+    @kind
+    def new(*args):
+        ran.append(("new", args[0]))
+
+    @kind
+    def old(*args):
+        ran.append(("old", args[0]))
+        if args[0] == 10:  # the new product: its kernel, rows, and left count;
+            table[2] = ctypes.cast(new, ctypes.c_void_p).value
+            pieces[:, 1] = 20, 21  # piece 0 taken by someone else, piece 1 free
+            table[1] = 2  # this old piece's count, then the new piece's
+            pieces[1, 0] = 0
+    table[:3] = 2, 2, ctypes.cast(old, ctypes.c_void_p).value
+    pieces[:, 1] = 10, 11
+    code["join"](table.ctypes.data, code["yield"])
+    assert ran == [("old", 10), ("new", 21)]
+
+
 def crew_whose_join_says(monkeypatch, said: Callable[[int], int]):
     """The 2-thread crew, fresh (not working alone, every helper seen awake, so a
     wait counts), its join running the product and then returning said(call)."""
