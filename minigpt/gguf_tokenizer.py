@@ -27,7 +27,7 @@ import numpy as np
 
 from minigpt.gguf import GGUFError, GGUFFile, read_gguf
 from minigpt.gguf_models import meta
-from minigpt.tokenizer_json import JsonBPE
+from minigpt.tokenizer_json import AddedToken, JsonBPE, split_added
 
 __all__ = ["PRE_TOKENIZERS", "chat_config", "gguf_chat_config", "load_gguf_tokenizer",
            "read_gguf_chat_config"]
@@ -90,8 +90,9 @@ def added_tokens(tokens: list[str], types: list[int]) -> list[dict]:
 
 # --8<-- [start:gguf-spm]
 class SentencePiece(JsonBPE):
-    """SentencePiece's BPE: the whole text gets its ▁s first (user-defined pieces
-    are then found in it), and merges rank by the score of the piece they make."""
+    """SentencePiece's BPE: each piece of text between special tokens gets its ▁s
+    first (user-defined pieces are then found in it), and merges rank by the
+    score of the piece they make."""
 
     def __init__(self, spec: dict, config: dict, ranks: dict, prefix: bool):
         super().__init__(spec, config)
@@ -99,9 +100,16 @@ class SentencePiece(JsonBPE):
 
     def encode(self, text: str, allowed_special: str | set = (),
                add_special_tokens: bool = True) -> list[int]:
-        """Text -> ids: spaces to ▁, a ▁ in front, then JsonBPE's encode."""
-        text = ("▁" if self.prefix and text else "") + text.replace(" ", "▁")
-        return super().encode(text, allowed_special, add_special_tokens)
+        """Text -> ids: allowed special tokens cut out, then each piece of text
+        between them gets spaces to ▁ and a ▁ in front (as llama.cpp does), and
+        goes through JsonBPE's encode."""
+        cut = [t for t in self.added if t.special and (
+            allowed_special == "all" or t.content in allowed_special)]
+        ids = []
+        for part in split_added(text, cut):
+            ids += [part.id] if isinstance(part, AddedToken) else super().encode(
+                ("▁" if self.prefix else "") + part.replace(" ", "▁"), (), False)
+        return self.bos + ids + self.eos if add_special_tokens else ids
 
 
 def spm_spec(gguf: GGUFFile, tokens: list[str], types: list[int]) -> tuple:

@@ -110,6 +110,15 @@ def test_sentencepiece_ids_equal_the_library(tmp_path, sentencepiece_model):
         assert ours.encode(text, add_special_tokens=False) == want, text[:40]
         assert ours.encode(text) == [sp.bos_id(), *want]  # add_bos by default
         assert ours.decode(want) == sp.decode(want), text[:40]
+    # special tokens allowed: cut out first, and each piece of text between them
+    # gets its own ▁ in front, as llama.cpp does: the library on each piece
+    bos, eos = sp.id_to_piece(sp.bos_id()), sp.id_to_piece(sp.eos_id())
+    for parts in ([eos], [bos, "hi"], ["a b", eos, "c d", bos, bos, " e"]):
+        want = [x for p in parts for x in (
+            [sp.piece_to_id(p)] if p in (bos, eos) else sp.encode(p))]
+        got = ours.encode("".join(parts), allowed_special="all",
+                          add_special_tokens=False)
+        assert got == want, parts
 
 
 @pytest.mark.reference
