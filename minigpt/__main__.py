@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 # generate's names are imported here, not inside run_generate, so that chapter 19's
 # listing of run_generate, pasted, uses the reader's own generate and stream functions
@@ -95,6 +96,14 @@ def factor(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (0: any free one)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
 def json_object(text: str) -> dict:
     """argparse type: a JSON object, such as {"enable_thinking": false}."""
     try:
@@ -104,13 +113,20 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object, got {text}")
     return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line and exit 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 # --8<-- [end:cli-more-checks]
 
 
 # --8<-- [start:cli-parser]
 def build_parser() -> argparse.ArgumentParser:
     """The commands and their options; argparse checks each value on the way in."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m minigpt", description="A transformer inference engine "
         "in NumPy.")
     parser.add_argument("--version", action="version",
@@ -180,7 +196,7 @@ def add_sampling_options(command: argparse.ArgumentParser, max_new_tokens: int,
     add("--repeat-penalty", type=factor, default=1.0, metavar="F",
         help="scale the scores of tokens already seen by 1/F (negative ones by "
              "F): above 1, text repeats itself less")
-    add("--seed", type=int, default=None, metavar="S",
+    add("--seed", type=count, default=None, metavar="S",
         help="the same seed gives the same text; None: a new one each run")
 
 
@@ -358,7 +374,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(serve, DEFAULT_MODEL if has_demo else None, required=not has_demo)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen "
                        "on; 127.0.0.1 is this machine only")
-    serve.add_argument("--port", type=count, default=8000, help="0: any free port")
+    serve.add_argument("--port", type=port, default=8000, help="0: any free port")
     serve.add_argument("--max-batch", type=positive, default=8, metavar="N",
                        help="the most requests decoded in one step")
 

@@ -185,7 +185,11 @@ def penalize_repeats(logits: np.ndarray, seen: list[int],
     ids = np.unique(np.asarray(seen))  # a token counts once, however often seen
     out = np.array(logits, dtype=np.float32)  # a copy: the caller's stays as is
     old = out[ids]
-    out[ids] = np.where(old < 0, old * penalty, old / penalty)
+    with np.errstate(all="ignore"):  # np.where works out both sides for every id
+        out[ids] = np.where(old < 0, old * penalty, old / penalty)
+    if np.isposinf(out[ids]).any():  # as a tiny temperature, a tiny penalty overflows
+        raise ValueError(f"repetition penalty {penalty} scales the logits out of "
+                         f"float32's range; use one nearer 1")
     return out
 # --8<-- [end:repetition-penalty]
 

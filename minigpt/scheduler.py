@@ -61,7 +61,7 @@ class Event(NamedTuple):
 
     id: str
     text: str  # may be "" (a token that ends inside a character or a stop string)
-    finish: str | None  # None, or "stop", "length", "cancelled"
+    finish: str | None  # None, or "stop", "length", "cancelled", "error" (text: why)
     tokens: int  # new tokens so far
 # --8<-- [end:request]
 
@@ -150,12 +150,12 @@ class Scheduler:
             need = self.pool.blocks_for(len(r.prompt) + r.max_tokens)
             if self.promised + need > self.pool.k.shape[1]:
                 return  # first come, first served: it waits for blocks to free
-            self.waiting.popleft()
-            self.promised += need
             self.running.append(Sequence(
                 r, PagedCache(self.pool), list(r.prompt), np.random.default_rng(r.seed),
                 TextStream(self.tokenizer, r.stop),
                 frozenset(r.stop_ids or self.model.config.eos_token_ids)))
+            self.waiting.popleft()  # only now: one that fails to start stays queued
+            self.promised += need
 
     def plan(self) -> list[tuple[Sequence, int]]:
         """How many tokens each sequence feeds this step: one to decode, or a
@@ -177,10 +177,8 @@ class Scheduler:
         work = self.plan()
         if not work:
             return []
-        chunks = [seq.tokens[seq.cache.length:seq.cache.length + n]
-                  for seq, n in work]
-        logits = batch_forward(self.model, [np.array(c) for c in chunks],
-                               [seq.cache for seq, _ in work])  # [B, V]
+        chunks = [np.array(seq.tokens[seq.cache.length:][:n]) for seq, n in work]
+        logits = batch_forward(self.model, chunks, [s.cache for s, _ in work])  # [B, V]
         done = [(seq, row) for (seq, _), row in zip(work, logits, strict=True)
                 if seq.cache.length == len(seq.tokens)]  # whole prompt read: sample
         return [self.advance(seq, row) for seq, row in done]
@@ -188,8 +186,11 @@ class Scheduler:
     def advance(self, seq: Sequence, logits: np.ndarray) -> Event:
         """Sample the sequence's next token, and end it if it is done."""
         r = seq.request
-        logits = penalize_repeats(logits, seq.tokens, r.repetition_penalty)
-        token = sample(logits, r.temperature, r.top_k, r.top_p, seq.rng, r.min_p)
+        try:  # a knob these logits cannot take (temperature 1e-40) ends this one only
+            logits = penalize_repeats(logits, seq.tokens, r.repetition_penalty)
+            token = sample(logits, r.temperature, r.top_k, r.top_p, seq.rng, r.min_p)
+        except ValueError as exc:
+            return self.retire(seq, str(exc), "error")
         if token in seq.stop_ids:  # as in generate: not part of the text
             return self.retire(seq, seq.text.flush(), "stop")
         seq.tokens.append(token)
@@ -204,8 +205,7 @@ class Scheduler:
         """Take a sequence out of the batch and give its blocks back."""
         seq.cache.release()
         self.running.remove(seq)
-        self.promised -= self.pool.blocks_for(len(seq.request.prompt) +
-                                              seq.request.max_tokens)
-        return Event(seq.request.id, text, reason,
-                     len(seq.tokens) - len(seq.request.prompt))
+        r = seq.request
+        self.promised -= self.pool.blocks_for(len(r.prompt) + r.max_tokens)
+        return Event(r.id, text, reason, len(seq.tokens) - len(r.prompt))
     # --8<-- [end:scheduler-step]

@@ -151,14 +151,14 @@ def parse_request(body: dict, request_id: str, ids: list[int], n_ctx: int,
         request_id, tuple(ids),
         field(body, "max_tokens", (int,), min(default_max, room),
               lambda n: 1 <= n <= room, f"1 to {room} (the context left)"),
-        temperature=float(field(body, "temperature", number, 1.0,
-                                lambda t: 0 <= t < math.inf, "a number >= 0")),
+        temperature=float(field(body, "temperature", number, 1.0, lambda t: t == 0
+                                or 1e-5 <= t < math.inf, "0 or >= 1e-5")),
         top_k=field(body, "top_k", (int,), None, lambda k: k >= 1, "an integer >= 1"),
         top_p=field(body, "top_p", number, None, lambda p: 0 < p <= 1, "in (0, 1]"),
         min_p=field(body, "min_p", number, None, lambda p: 0 <= p <= 1, "in [0, 1]"),
         repetition_penalty=float(field(body, "repetition_penalty", number, 1.0,
                                        lambda r: 0 < r < math.inf, "a number > 0")),
-        seed=field(body, "seed", (int,), None, lambda s: True, "an integer"),
+        seed=field(body, "seed", (int,), None, lambda s: s >= 0, "an integer >= 0"),
         stop=tuple([stop] if isinstance(stop, str) else stop), stop_ids=stop_ids)
 # --8<-- [end:parse-request]
 
@@ -212,7 +212,7 @@ async def follow(engine: Engine, http, request: Request,
             if await http.is_disconnected():  # asked at every event: it does not wait
                 return
             if event.finish == "error":
-                raise ApiError(500, "the engine failed", kind="server_error")
+                raise ApiError(500, event.text or "engine failure", kind="server_error")
             finished = event.finish is not None
             yield event
     finally:

@@ -287,6 +287,14 @@ def test_repetition_penalty_by_hand():
     np.testing.assert_array_equal(got, [1.0, -4.0, 1.0, 0.0])
 
 
+def test_a_vanishing_repetition_penalty_is_refused_not_sampled():
+    logits = np.array([2.0, -2.0, 1.0], np.float32)
+    with pytest.raises(ValueError, match="repetition penalty 1e-300 scales"):
+        penalize_repeats(logits, [0, 1], 1e-300)
+    huge = penalize_repeats(logits, [0, 1], 1e300)  # -inf and 0: still samplable
+    np.testing.assert_array_equal(huge, [0.0, -np.inf, 1.0])
+
+
 def test_min_p_keeps_tokens_by_their_ratio_to_the_best():
     logits = np.log(np.array([0.5, 0.3, 0.1, 0.06, 0.04], np.float32))
     kept = np.isfinite(min_p_logits(logits, 0.15))  # threshold 0.075

@@ -102,6 +102,36 @@ def test_requests_wait_for_blocks_and_cancel_frees_them(loaded):
         Scheduler(model, tok, pool_for(model, 2, 8)).add(Request("c", (1,), 30))
 
 
+def test_a_request_that_fails_to_start_stays_queued_and_promises_nothing(loaded):
+    """A seed NumPy refuses fails in admit: nothing may be half done."""
+    model, tok = loaded
+    scheduler = Scheduler(model, tok, pool_for(model, 16, 8), max_batch=4)
+    scheduler.add(Request("bad", (1, 2, 3), 20, seed=-1))
+    with pytest.raises(ValueError, match="non-negative"):
+        scheduler.step()
+    assert scheduler.promised == 0 and not scheduler.running
+    assert [r.id for r in scheduler.waiting] == ["bad"]
+    scheduler.cancel("bad")  # what the server's engine does when a step fails
+    scheduler.add(Request("good", (1, 2, 3), 5))
+    texts, last, _ = run(scheduler)
+    assert last["good"].finish == "length" and scheduler.promised == 0
+    assert len(scheduler.pool.free) == 16
+
+
+def test_knobs_that_fail_on_the_logits_end_that_request_only(loaded):
+    model, tok = loaded
+    ids = tok.encode(PROMPTS[1])
+    scheduler = Scheduler(model, tok, pool_for(model, 32, 8), max_batch=4)
+    scheduler.add(Request("tiny-t", tuple(ids), 8, temperature=1e-40))
+    scheduler.add(Request("good", tuple(ids), 8))
+    scheduler.add(Request("tiny-p", tuple(ids), 8, repetition_penalty=1e-300))
+    texts, last, _ = run(scheduler)
+    assert last["tiny-t"].finish == "error" and "temperature" in texts["tiny-t"]
+    assert last["tiny-p"].finish == "error" and "penalty" in texts["tiny-p"]
+    assert texts["good"] == solo_text(tok, generate(model, ids, 8))
+    assert scheduler.promised == 0 and len(scheduler.pool.free) == 32
+
+
 @pytest.mark.parametrize("request_, match", [
     (Request("x", (), 5), "empty"), (Request("x", (1,), 0), "max_tokens"),
     (Request("x", (1,) * 100, 29), "max_tokens must be 1 to 28"),

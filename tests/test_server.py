@@ -193,6 +193,23 @@ def test_a_waiting_client_that_leaves_frees_its_slot(served):
     assert wait_idle(engine) < 1.2  # 100 steps would take over a second
 
 
+def test_a_request_whose_knobs_fail_mid_answer_fails_alone(served, client):
+    """A penalty small enough to overflow passes the checks, then fails on the
+    logits: that request gets a 500 naming it; the one beside it is untouched."""
+    model, tok, engine, url, _ = served
+    bad = ('{"model": "demo", "prompt": "ROMEO: ROMEO: ROMEO:", "max_tokens": 20, '
+           '"repetition_penalty": 1e-300, "temperature": 0}')
+    with ThreadPoolExecutor(2) as pool:
+        good = pool.submit(client.completions.create, model="demo", prompt="KING",
+                           max_tokens=30, temperature=0)
+        code, reply = pool.submit(http, url + "/completions", bad).result()
+        text = good.result().choices[0].text
+    assert code == 500 and "repetition penalty" in reply["error"]["message"]
+    assert text == solo(model, tok, tok.encode("KING"), 30)
+    wait_idle(engine)
+    assert sorted(engine.scheduler.pool.free) == list(range(64))
+
+
 def test_chat_prompts_get_no_second_bos():
     from minigpt.server import encode_chat
 
@@ -209,6 +226,8 @@ def test_chat_prompts_get_no_second_bos():
     ('{"model": "demo", "prompt": "a", "max_tokens": 0}', 400, "max_tokens"),
     ('{"model": "demo", "prompt": "a", "max_tokens": 500}', 400, "max_tokens"),
     ('{"model": "demo", "prompt": "a", "temperature": -1}', 400, "temperature"),
+    ('{"model": "demo", "prompt": "a", "temperature": 1e-40}', 400, "temperature"),
+    ('{"model": "demo", "prompt": "a", "seed": -1}', 400, "seed"),
     ('{"model": "demo", "prompt": "a", "top_p": 2}', 400, "top_p"),
     ('{"model": "demo", "prompt": "a", "min_p": 1.5}', 400, "min_p"),
     ('{"model": "demo", "prompt": "a", "repetition_penalty": 0}', 400,
