@@ -62,7 +62,7 @@ def read_chat_config(folder: str | Path) -> dict:
     template = config.get("chat_template")
     if isinstance(template, list):  # several named templates: take the default
         named = {t.get("name"): t.get("template") for t in template
-                 if isinstance(t, dict)}
+                 if isinstance(t, dict) and isinstance(t.get("name"), str)}
         template = named.get("default")
     if jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
@@ -93,8 +93,8 @@ def render_chat(config: dict, messages: list[dict[str, str]],
             tools=None, documents=None,
             **{k: v for k, v in special.items() if isinstance(v, str)},
             **variables)  # the caller's names win over the special tokens
-    except TemplateError as exc:
-        raise ValueError(f"chat template: {exc}") from None
+    except Exception as exc:  # the template is data: what it raises is its fault
+        raise ValueError(f"chat template: {str(exc) or type(exc).__name__}") from None
 
 
 def chat_environment() -> ImmutableSandboxedEnvironment:

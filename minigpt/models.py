@@ -114,7 +114,7 @@ def loader_for(folder: Path) -> Loader:
         kind = kind.get("model_type", "gpt2") if isinstance(kind, dict) else None
     except ValueError:  # not JSON: the model's own loader says what is wrong
         kind = "gpt2"
-    if kind not in LOADERS:
+    if not isinstance(kind, str) or kind not in LOADERS:
         raise WeightsError(f"{folder / 'config.json'}: model_type {kind!r} is not "
                            f"supported (known: {', '.join(sorted(LOADERS))})")
     return LOADERS[kind]

@@ -195,8 +195,11 @@ def quantized_params(tensors: dict, table: dict, rows_on_disk: bool,
         weight = len(shape) == 2 and where[0] not in TABLES
         scheme = next((s for s in SCHEMES if f"{name}.{s}.data" in tensors), None)
         if scheme:  # rows as stored: a weight's rows are its outputs
-            x = QuantMatrix(scheme, tensors.pop(f"{name}.{scheme}.data"),
-                            tensors.pop(f"{name}.{scheme}.scale"))
+            scale = tensors.pop(f"{name}.{scheme}.scale", None)
+            if scale is None:
+                raise WeightsError(f"{source}: tensor {name!r}: {scheme} data "
+                                   f"without its scale tensor")
+            x = QuantMatrix(scheme, tensors.pop(f"{name}.{scheme}.data"), scale)
             check_quantized(x, source, name)
             rows = x.q.shape
         elif name in tensors:
@@ -218,7 +221,7 @@ def quantized_params(tensors: dict, table: dict, rows_on_disk: bool,
 
 
 def check_quantized(x: QuantMatrix, source: str, name: str) -> None:
-    """int8 data and float scales that fit the scheme's group size."""
+    """int8 data and finite float scales that fit the scheme's group size."""
     group = SCHEMES[x.scheme][0] or x.q.shape[1]
     if (x.q.dtype != np.int8 or x.q.ndim != 2 or x.q.shape[1] % group
             or x.d.shape != (x.q.shape[0], x.q.shape[1] // group)
@@ -226,6 +229,8 @@ def check_quantized(x: QuantMatrix, source: str, name: str) -> None:
         raise WeightsError(f"{source}: tensor {name!r}: {x.scheme} data {x.q.dtype} "
                            f"{list(x.q.shape)} and scale {x.d.dtype} "
                            f"{list(x.d.shape)} do not fit groups of {group}")
+    if not np.isfinite(x.d).all():  # one NaN scale would poison every answer
+        raise WeightsError(f"{source}: tensor {name!r}: a scale is not finite")
 
 
 def load_quantized(path: str | Path):
@@ -233,7 +238,7 @@ def load_quantized(path: str | Path):
     folder = Path(path)
     read_json(folder / "config.json")  # a missing or broken file, named
     scheme, loader = saved_scheme(folder), loader_for(folder)
-    if scheme not in SCHEMES or loader.names is None:
+    if str(scheme) not in SCHEMES or loader.names is None:  # a list is no scheme
         raise WeightsError(f"{folder}: not a quantised checkpoint of a model type "
                            f"with a name table (config.json's quantization_config "
                            f"names scheme {scheme!r})")

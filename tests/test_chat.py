@@ -72,6 +72,10 @@ def test_the_template_runs_in_the_sandbox(tmp_path):
                    chat_template="{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ValueError, match="chat template: roles must alternate"):
         render_chat(raising, MESSAGES)
+    for body, match in (("{{ 1 // 0 }}", "by zero"),
+                        ("{{ 'x' * 10 ** 12 }}", "MemoryError|OverflowError|repeat")):
+        with pytest.raises(ValueError, match="chat template: " + f"({match})"):
+            render_chat(dict(config, chat_template=body), MESSAGES)
 
 
 def test_models_without_a_template_are_refused(tmp_path):

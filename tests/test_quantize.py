@@ -352,6 +352,40 @@ def test_bad_quantized_checkpoints_are_named(tmp_path):
         quantize_checkpoint(out, out)
 
 
+@pytest.mark.parametrize("scheme", ["q8_0", "int8"])
+def test_a_missing_or_non_finite_scale_is_named(tmp_path, scheme):
+    from minigpt.weights import read_safetensors, write_safetensors
+
+    out = quantize_checkpoint(DEMO_MODEL, tmp_path / "q", scheme)
+    tensors = {k: np.array(v) for k, v in read_safetensors(out / "model.safetensors")
+               .items()}
+    scale = f"wte.weight.{scheme}.scale"
+    for broken, match in (({k: v for k, v in tensors.items() if k != scale},
+                           "'wte.weight': .* data without its scale tensor"),
+                          ({**tensors, scale: np.full_like(tensors[scale], np.nan)},
+                           "'wte.weight': a scale is not finite")):
+        write_safetensors(out / "model.safetensors", broken,
+                          {"format": "pt", "quantization": scheme})
+        with pytest.raises(WeightsError, match=match):
+            load_quantized(out)
+    raw = json.loads((out / "config.json").read_text())
+    raw["quantization_config"]["scheme"] = [scheme]  # no scheme: a list
+    (out / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="names scheme"):
+        load_quantized(out)
+
+
+def test_a_model_type_that_is_not_a_name_is_refused(tmp_path):
+    import shutil
+
+    shutil.copytree(DEMO_MODEL, tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    raw["model_type"] = ["gpt2"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match=r"model_type \['gpt2'\] is not supported"):
+        load_model(tmp_path / "m")
+
+
 def test_without_machine_code_the_tiles_run_one_token_too(monkeypatch):
     import minigpt.kernels as kernels
 
