@@ -74,7 +74,7 @@ def test_the_template_runs_in_the_sandbox(tmp_path):
         render_chat(raising, MESSAGES)
     for body, match in (("{{ 1 // 0 }}", "by zero"),
                         ("{{ 'x' * 10 ** 12 }}", "MemoryError|OverflowError|repeat")):
-        with pytest.raises(ValueError, match="chat template: " + f"({match})"):
+        with pytest.raises(ValueError, match=f"chat template: .*({match})"):
             render_chat(dict(config, chat_template=body), MESSAGES)
 
 
