@@ -98,10 +98,9 @@ def gguf_llama(gguf: GGUFFile, arch: str) -> LlamaModel:
     tensors = {hf: read_tensor(gguf, name) for hf, name in
                hf_names(gguf, LLAMA_NAMES, LLAMA_BLOCK, "layers").items()}
     if arch == "llama":  # Meta's pairs (0, 1), (2, 3)... back to rotate-half's
-        for i in range(config.n_layer):
+        for name in tensors:  # those it holds: llama_params names a missing one
             for p, heads in (("q", config.n_head), ("k", config.n_kv_head)):
-                name = f"layers.{i}.self_attn.{p}_proj.weight"
-                if name in tensors:  # fill_params names a missing one
+                if name.endswith(f".self_attn.{p}_proj.weight"):
                     tensors[name] = interleaved_to_half(tensors[name], heads)
     return LlamaModel(config, llama_params(tensors, config, str(gguf.path)))
 

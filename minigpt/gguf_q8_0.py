@@ -40,7 +40,7 @@ from minigpt.llama import LLAMA_FAMILY, LlamaModel, llama_names
 from minigpt.quantize import QuantMatrix, quantize_matrix
 from minigpt.rope import interleaved_to_half
 from minigpt.threads import TABLES
-from minigpt.weights import gpt2_names, put
+from minigpt.weights import check_layers, gpt2_names, put
 
 __all__ = ["as_q8_0", "load_gguf_q8_0", "q8_0_matrix", "q8_0_params"]
 
@@ -106,6 +106,7 @@ def load_gguf_q8_0(path: str | Path, matrix: Callable = as_q8_0
     arch = meta(gguf, "general.architecture", str)
     if arch not in ("gpt2", *LLAMA_FAMILY) or "token_embd.weight" not in gguf.tensors:
         return load_gguf(path)  # which says what is wrong
+    check_layers(meta(gguf, f"{arch}.block_count"), gguf.tensors, str(gguf.path))
     if arch == "gpt2":
         config = gpt2_config(gguf)
         names = hf_names(gguf, GPT2_NAMES, GPT2_BLOCK, "h")

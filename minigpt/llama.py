@@ -37,6 +37,7 @@ from minigpt.rope import llama3_divisors, rope_angles, rope_half
 from minigpt.weights import (
     WeightsError,
     check_fields,
+    check_layers,
     fill_params,
     read_eos_ids,
     read_json,
@@ -362,6 +363,7 @@ def llama_params(tensors: dict[str, np.ndarray], config: LlamaConfig,
                  source: str = "checkpoint") -> dict:
     """Checkpoint tensors -> our nested params, every name and shape checked."""
     tensors = {name.removeprefix("model."): x for name, x in tensors.items()}
+    check_layers(config.n_layer, tensors, source)
     if config.tie_word_embeddings:  # tied: the head is the embedding, whatever
         tensors.pop("lm_head.weight", None)  # the file holds
     params: dict = {"layers": [{} for _ in range(config.n_layer)]}

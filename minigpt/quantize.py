@@ -30,6 +30,7 @@ from minigpt.models import loader_for, registered, saved_scheme
 from minigpt.threads import TABLES, RowMatrix, as_rows, map_matrices
 from minigpt.weights import (
     WeightsError,
+    check_layers,
     put,
     read_json,
     read_safetensors,
@@ -245,6 +246,7 @@ def load_quantized(path: str | Path):
     config = loader.config(folder / "config.json")
     source = str(folder / "model.safetensors")
     tensors = read_safetensors(source)  # I8 and F32: views of the mapped file
+    check_layers(config.n_layer, tensors, source)
     params = quantized_params(tensors, loader.names(config), loader.rows_on_disk,
                               source)
     if getattr(config, "tie_word_embeddings", False):  # LLaMA only

@@ -283,9 +283,17 @@ def gpt2_names(config: GPTConfig) -> dict[str, tuple[tuple[str, ...], tuple]]:
 
 
 # --8<-- [start:gpt2-params]
+def check_layers(n_layer: int, tensors: dict, source: str) -> None:
+    """Refuse more blocks than there are tensors, before a table of them is built."""
+    if n_layer > len(tensors):  # a config's 10**9 layers would take minutes to list
+        raise WeightsError(f"{source}: {n_layer} layers, but only {len(tensors)} "
+                           f"tensors: the config does not fit the weights")
+
+
 def gpt2_params(tensors: dict[str, np.ndarray], config: GPTConfig,
                 source: str = "checkpoint") -> dict:
     """Checkpoint tensors -> our nested params, every name and shape checked."""
+    check_layers(config.n_layer, tensors, source)
     params: dict = {"blocks": [{} for _ in range(config.n_layer)]}
     return fill_params(strip_names(tensors, source), gpt2_names(config), params,
                        source, kind="GPT-2")

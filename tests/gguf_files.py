@@ -123,7 +123,7 @@ def add_rope_freqs(writer, config, arch: str) -> None:
                       .astype(np.float32))
 
 
-def tiny_gpt2_gguf(path: Path, seed: int = 0) -> Path:
+def tiny_gpt2_gguf(path: Path, seed: int = 0, block_count: int = 1) -> Path:
     """A GPT-2 GGUF of random weights with a byte-level vocabulary (one merge)
     and a chat template: small enough to serve, download and run in a test."""
     gguf = require("gguf")
@@ -133,7 +133,7 @@ def tiny_gpt2_gguf(path: Path, seed: int = 0) -> Path:
     V, C, T = 258, 32, 64
     w = gguf.GGUFWriter(str(path), "gpt2")
     for key, value in (("context_length", T), ("embedding_length", C),
-                       ("block_count", 1), ("feed_forward_length", 4 * C),
+                       ("block_count", block_count), ("feed_forward_length", 4 * C),
                        ("attention.head_count", 2)):
         w.add_uint32(f"gpt2.{key}", value)
     w.add_float32("gpt2.attention.layer_norm_epsilon", 1e-5)

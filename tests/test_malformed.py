@@ -10,6 +10,7 @@ line and exit 2.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,8 @@ CASES = {  # name: (checkpoint, file, how to break it, words the message must ho
                                     ["tie_word_embeddings"]),
     "n_layer is text": (gpt2, "config.json", set_field("n_layer", "4"),
                         ["n_layer", "integer"]),
+    "model_type is a list": (llama, "config.json", set_field("model_type", ["llama"]),
+                             ["model_type", "not supported"]),
     "n_head is zero": (gpt2, "config.json", set_field("n_head", 0), ["n_head"]),
     "layer_norm_epsilon is text": (gpt2, "config.json",
                                    set_field("layer_norm_epsilon", "1e-5"),
@@ -119,3 +122,32 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path, capsys, name):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert file in err and all(word in err for word in words), err
+
+
+@pytest.mark.parametrize("make, key", [(gpt2, "n_layer"), (llama, "num_hidden_layers")])
+def test_a_billion_layers_are_refused_at_once(tmp_path, make, key):
+    """A table of 10**9 blocks would take minutes to build: count the tensors first."""
+    folder = make(tmp_path / "model")
+    edit_json(folder / "config.json", set_field(key, 10**9))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="1000000000 layers, but only"):
+        minigpt.load_model(folder)
+    if make is gpt2:  # the quantised loader counts too
+        from minigpt.quantize import load_quantized, quantize_checkpoint
+
+        edit_json(folder / "config.json", set_field(key, 2))
+        out = quantize_checkpoint(folder, tmp_path / "q")
+        edit_json(out / "config.json", set_field(key, 10**9))
+        with pytest.raises(ValueError, match="1000000000 layers, but only"):
+            load_quantized(out)
+    assert time.perf_counter() - start < 10
+
+
+def test_a_gguf_of_a_billion_blocks_is_refused_at_once(tmp_path):
+    from tests.gguf_files import tiny_gpt2_gguf
+
+    path = tiny_gpt2_gguf(tmp_path / "m.gguf", block_count=10**9)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="1000000000 layers, but only"):
+        minigpt.load_model(path)
+    assert time.perf_counter() - start < 2
