@@ -375,17 +375,6 @@ def test_a_missing_or_non_finite_scale_is_named(tmp_path, scheme):
         load_quantized(out)
 
 
-def test_a_model_type_that_is_not_a_name_is_refused(tmp_path):
-    import shutil
-
-    shutil.copytree(DEMO_MODEL, tmp_path / "m")
-    raw = json.loads((tmp_path / "m" / "config.json").read_text())
-    raw["model_type"] = ["gpt2"]
-    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(WeightsError, match=r"model_type \['gpt2'\] is not supported"):
-        load_model(tmp_path / "m")
-
-
 def test_without_machine_code_the_tiles_run_one_token_too(monkeypatch):
     import minigpt.kernels as kernels
 
